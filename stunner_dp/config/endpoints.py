@@ -1,0 +1,100 @@
+"""Cluster endpoint syntax, shared by validation and by peer access.
+
+An endpoint is an IP, a CIDR or (STRICT_DNS) a hostname, optionally followed by a peer port
+range written `:<min-max>`: "10.0.0.0/8:<5000-6000>", "::1:<3478-3479>", "[::1]:<1-2>",
+"media.default.svc.cluster.local:<10000-20000>". The `:<` marker splits address from range, so
+IPv6 needs no brackets.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+
+__all__ = [
+    "Endpoint",
+    "IPAddress",
+    "IPNetwork",
+    "normalize_ip",
+    "normalize_network",
+    "parse_endpoint",
+    "parse_ip",
+]
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+_MAPPED = IPv6Network("::ffff:0:0/96")
+_RANGE = re.compile(r"<(\d{1,5})-(\d{1,5})>")
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+STATIC_SYNTAX = 'an IP or CIDR, optionally followed by ":<min-max>" (e.g. "10.0.0.0/8:<5000-6000>")'
+DNS_SYNTAX = 'a hostname, optionally followed by ":<min-max>" (e.g. "media.ns.svc:<5000-6000>")'
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str  # the address part as written, brackets stripped
+    network: IPNetwork | None  # None: a hostname, to be resolved elsewhere
+    min_port: int = 0
+    max_port: int = 65535
+
+    @property
+    def any_port(self) -> bool:
+        return self.min_port <= 1 and self.max_port == 65535
+
+
+def normalize_ip(ip: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 address it carries."""
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def normalize_network(net: IPNetwork) -> IPNetwork:
+    """A network inside ::ffff:0:0/96 is the IPv4 network it maps."""
+    if isinstance(net, IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_MAPPED):
+        return IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+    return net
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """The address in `text` (mapped forms folded to IPv4), or None: never raises."""
+    try:
+        return normalize_ip(ip_address(text.strip()))
+    except ValueError:
+        return None
+
+
+def _parse_network(text: str) -> IPNetwork | None:
+    try:
+        if "/" in text:
+            return normalize_network(ip_network(text, strict=False))
+        return normalize_network(ip_network(ip_address(text)))
+    except ValueError:
+        return None
+
+
+def parse_endpoint(text: str, *, dns: bool = False) -> Endpoint:
+    """Parse one endpoint; raises ValueError saying what is wrong and what is allowed."""
+    addr, lo, hi = text.strip(), 0, 65535
+    if addr.endswith(">") and ":<" in addr:
+        addr, rng = addr.rsplit(":", 1)
+        m = _RANGE.fullmatch(rng)
+        if m is None:
+            raise ValueError("a port range is written :<min-max>, e.g. :<5000-6000>")
+        lo, hi = int(m.group(1)), int(m.group(2))
+        if not 1 <= lo <= hi <= 65535:
+            raise ValueError(f"port range <{lo}-{hi}> must satisfy 1 <= min <= max <= 65535")
+    if addr.startswith("[") and addr.endswith("]"):
+        addr = addr[1:-1]
+    network = _parse_network(addr)
+    if network is None:
+        # an IP literal in a STRICT_DNS cluster resolves to itself, so both are fine there
+        if not dns:
+            raise ValueError(f"must be {STATIC_SYNTAX}")
+        if len(addr) > 254 or _HOSTNAME.fullmatch(addr) is None:
+            raise ValueError(f"must be {DNS_SYNTAX}")
+    return Endpoint(host=addr, network=network, min_port=lo, max_port=hi)

@@ -1,0 +1,156 @@
+"""The validated STUNner v1 config: immutable dataclasses the rest of stunner-dp codes against.
+
+Objects are normally built by `parse_config`, which applies defaults and validates; building
+them by hand (in tests) skips validation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "DEFAULT_HEALTHCHECK_ENDPOINT",
+    "DEFAULT_REALM",
+    "REDACTED",
+    "AdminConfig",
+    "AuthConfig",
+    "ClusterConfig",
+    "ListenerConfig",
+    "StunnerConfig",
+]
+
+DEFAULT_REALM = "stunner.l7mp.io"
+DEFAULT_HEALTHCHECK_ENDPOINT = "http://:8086"
+REDACTED = "<redacted>"
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    name: str = "default-stunnerd"
+    loglevel: str = "all:INFO"
+    metrics_endpoint: str = ""  # "" disables the metrics server
+    healthcheck_endpoint: str = DEFAULT_HEALTHCHECK_ENDPOINT  # "" disables
+    user_quota: int = 0  # max allocations per user, 0 = unlimited
+    # stunner-dp extensions (stunnerd ignores unknown keys, so the file stays portable);
+    # 0 means unlimited for each of them
+    max_allocations: int = 0  # global cap on live allocations
+    max_permissions_per_allocation: int = 64
+    max_channels_per_allocation: int = 64
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "loglevel": self.loglevel,
+            "metrics_endpoint": self.metrics_endpoint,
+            "healthcheck_endpoint": self.healthcheck_endpoint,
+            "user_quota": self.user_quota,
+            "max_allocations": self.max_allocations,
+            "max_permissions_per_allocation": self.max_permissions_per_allocation,
+            "max_channels_per_allocation": self.max_channels_per_allocation,
+        }
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    type: str = "static"  # "static" | "ephemeral" after normalisation
+    realm: str = DEFAULT_REALM
+    username: str = ""  # static
+    password: str = ""  # static
+    secret: str = ""  # ephemeral (TURN REST API shared secret)
+
+    def to_dict(self, *, redact: bool = False) -> dict[str, Any]:
+        creds: dict[str, str] = {}
+        if self.username:
+            creds["username"] = self.username
+        if self.password:
+            creds["password"] = REDACTED if redact else self.password
+        if self.secret:
+            creds["secret"] = REDACTED if redact else self.secret
+        return {"type": self.type, "realm": self.realm, "credentials": creds}
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str
+    protocol: str  # "TURN-UDP" | "TURN-TCP" | "TURN-TLS" | "TURN-DTLS" after normalisation
+    address: str = "0.0.0.0"  # relay address put in XOR-RELAYED-ADDRESS; sockets bind the wildcard
+    port: int = 3478
+    public_address: str = ""  # advertised only (ICE URIs)
+    public_port: int = 0
+    min_relay_port: int = 30000
+    max_relay_port: int = 32767
+    cert: str = ""  # base64 PEM, TLS/DTLS only
+    key: str = ""  # base64 PEM, TLS/DTLS only
+    routes: tuple[str, ...] = ()  # cluster names a client of this listener may reach
+
+    @property
+    def transport(self) -> str:
+        """ "udp", "tcp", "tls" or "dtls": the socket kind under TURN."""
+        return self.protocol.removeprefix("TURN-").lower()
+
+    def to_dict(self, *, redact: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "protocol": self.protocol,
+            "address": self.address,
+            "port": self.port,
+            "public_address": self.public_address,
+            "public_port": self.public_port,
+            "min_relay_port": self.min_relay_port,
+            "max_relay_port": self.max_relay_port,
+            "routes": list(self.routes),
+        }
+        if self.cert:
+            out["cert"] = self.cert
+        if self.key:
+            # a private key is as secret as a password
+            out["key"] = REDACTED if redact else self.key
+        return out
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    type: str = "STATIC"  # "STATIC" | "STRICT_DNS"
+    protocol: str = "UDP"  # "UDP" | "TCP"
+    endpoints: tuple[str, ...] = ()  # IP, CIDR or hostname, each optionally ":<min-max>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "protocol": self.protocol,
+            "endpoints": list(self.endpoints),
+        }
+
+
+@dataclass(frozen=True)
+class StunnerConfig:
+    version: str = "v1"
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    listeners: tuple[ListenerConfig, ...] = ()
+    clusters: tuple[ClusterConfig, ...] = ()
+
+    def to_dict(self, *, redact: bool = False) -> dict[str, Any]:
+        """The stunnerd v1 shape; `redact` hides password, secret and TLS key (/status, logs)."""
+        return {
+            "version": self.version,
+            "admin": self.admin.to_dict(),
+            "auth": self.auth.to_dict(redact=redact),
+            "listeners": [lis.to_dict(redact=redact) for lis in self.listeners],
+            "clusters": [c.to_dict() for c in self.clusters],
+        }
+
+    def listener(self, name: str) -> ListenerConfig | None:
+        for lis in self.listeners:
+            if lis.name == name:
+                return lis
+        return None
+
+    def cluster(self, name: str) -> ClusterConfig | None:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        return None

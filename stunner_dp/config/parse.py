@@ -1,0 +1,263 @@
+"""parse_config: raw YAML/JSON data -> a validated StunnerConfig, stunnerd's defaults applied."""
+
+from __future__ import annotations
+
+import binascii
+import os
+from collections.abc import Mapping
+from ipaddress import ip_address
+from typing import Any
+
+from ._fields import get_int, get_list, get_mapping, get_str, join
+from .endpoints import parse_endpoint
+from .env import expand_tree
+from .errors import MISSING, ConfigError
+from .model import (
+    DEFAULT_HEALTHCHECK_ENDPOINT,
+    DEFAULT_REALM,
+    AdminConfig,
+    AuthConfig,
+    ClusterConfig,
+    ListenerConfig,
+    StunnerConfig,
+)
+
+__all__ = ["AUTH_TYPES", "LISTENER_PROTOCOLS", "parse_config"]
+
+LISTENER_PROTOCOLS = {
+    alias: f"TURN-{proto}"
+    for proto in ("UDP", "TCP", "TLS", "DTLS")
+    for alias in (proto, f"TURN-{proto}")
+}
+AUTH_TYPES = {
+    "static": "static",
+    "plaintext": "static",
+    "ephemeral": "ephemeral",
+    "longterm": "ephemeral",
+    "timewindowed": "ephemeral",
+}
+CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
+CLUSTER_PROTOCOLS = ("UDP", "TCP")
+
+_PORT_RULE = "a port is 1-65535"
+_COUNT_MAX = 2**31 - 1
+# v1alpha1 relay range defaults, kept for converted files so they behave as they used to
+_V1ALPHA1_RELAY = (32768, 65535)
+
+
+def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> StunnerConfig:
+    """Validate a parsed YAML/JSON config; raises ConfigError naming the first bad field."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("config", data, "must be a mapping with version, admin, auth, ...")
+    raw = expand_tree(data, os.environ if env is None else env)
+    version = raw.get("version", MISSING)
+    if version == "v1alpha1":
+        raw = _from_v1alpha1(raw)
+    elif version != "v1":
+        raise ConfigError("version", version, 'supported versions are "v1" and "v1alpha1"')
+
+    listeners = tuple(
+        _listener(get_mapping(item, f"listeners[{i}]"), f"listeners[{i}]")
+        for i, item in enumerate(get_list(raw.get("listeners"), "listeners"))
+    )
+    clusters = tuple(
+        _cluster(get_mapping(item, f"clusters[{i}]"), f"clusters[{i}]")
+        for i, item in enumerate(get_list(raw.get("clusters"), "clusters"))
+    )
+    _check_unique([lis.name for lis in listeners], "listeners", "listener")
+    _check_unique([c.name for c in clusters], "clusters", "cluster")
+    _check_routes(listeners, clusters)
+    return StunnerConfig(
+        version="v1",
+        admin=_admin(get_mapping(raw.get("admin"), "admin")),
+        auth=_auth(get_mapping(raw.get("auth"), "auth")),
+        listeners=listeners,
+        clusters=clusters,
+    )
+
+
+def _from_v1alpha1(raw: Mapping[str, Any]) -> dict[str, Any]:
+    # v1alpha1 differs from v1 only in auth type names (plaintext/longterm, accepted as aliases
+    # anyway), bare UDP/TCP/TLS/DTLS protocol names (aliases too) and its relay port defaults
+    out = dict(raw, version="v1")
+    items = raw.get("listeners")
+    if isinstance(items, list):
+        converted: list[Any] = []
+        for item in items:
+            if isinstance(item, Mapping):
+                item = dict(item)
+                for key, default in zip(
+                    ("min_relay_port", "max_relay_port"), _V1ALPHA1_RELAY, strict=True
+                ):
+                    if item.get(key) in (None, 0, ""):
+                        item[key] = default
+            converted.append(item)
+        out["listeners"] = converted
+    return out
+
+
+def _admin(m: Mapping[str, Any]) -> AdminConfig:
+    def count(key: str, default: int, meaning: str) -> int:
+        rule = f"{meaning} must be 0 (unlimited) or a positive integer"
+        return get_int(m, key, "admin", default, 0, _COUNT_MAX, rule)
+
+    d = AdminConfig()
+    return AdminConfig(
+        name=get_str(m, "name", "admin") or d.name,
+        loglevel=get_str(m, "loglevel", "admin") or d.loglevel,
+        metrics_endpoint=get_str(m, "metrics_endpoint", "admin"),
+        # absent: the default; an explicit "" disables the health server
+        healthcheck_endpoint=get_str(
+            m, "healthcheck_endpoint", "admin", DEFAULT_HEALTHCHECK_ENDPOINT
+        ),
+        user_quota=count("user_quota", d.user_quota, "the per-user allocation quota"),
+        max_allocations=count("max_allocations", d.max_allocations, "the allocation cap"),
+        max_permissions_per_allocation=count(
+            "max_permissions_per_allocation",
+            d.max_permissions_per_allocation,
+            "the permission cap",
+        ),
+        max_channels_per_allocation=count(
+            "max_channels_per_allocation", d.max_channels_per_allocation, "the channel cap"
+        ),
+    )
+
+
+def _auth(m: Mapping[str, Any]) -> AuthConfig:
+    given = get_str(m, "type", "auth").strip()
+    atype = AUTH_TYPES.get(given.lower() or "static")
+    if atype is None:
+        allowed = "use static (alias plaintext) or ephemeral (aliases longterm, timewindowed)"
+        raise ConfigError("auth.type", given, allowed)
+    creds = get_mapping(m.get("credentials"), "auth.credentials")
+    base = "auth.credentials"
+    auth = AuthConfig(
+        type=atype,
+        realm=get_str(m, "realm", "auth") or DEFAULT_REALM,
+        username=get_str(creds, "username", base),
+        password=get_str(creds, "password", base),
+        secret=get_str(creds, "secret", base),
+    )
+    if any(ord(ch) < 0x20 for ch in auth.realm) or len(auth.realm) > 763:
+        raise ConfigError("auth.realm", auth.realm, "a realm is printable text under 764 bytes")
+    if atype == "static":
+        for key in ("username", "password"):
+            if not getattr(auth, key):
+                raise ConfigError.missing(
+                    f"{base}.{key}",
+                    f"static auth needs a username and a password (set {base}.{key})",
+                )
+    elif not auth.secret:
+        raise ConfigError.missing(
+            f"{base}.secret", f"ephemeral auth needs a shared secret (set {base}.secret)"
+        )
+    return auth
+
+
+def _listener(m: Mapping[str, Any], path: str) -> ListenerConfig:
+    name = get_str(m, "name", path)
+    if not name.strip():
+        raise ConfigError(join(path, "name"), m.get("name", MISSING), "a listener needs a name")
+    given = get_str(m, "protocol", path)
+    protocol = LISTENER_PROTOCOLS.get(given.strip().upper() or "TURN-UDP")
+    if protocol is None:
+        allowed = "use TURN-UDP, TURN-TCP, TURN-TLS or TURN-DTLS (or UDP, TCP, TLS, DTLS)"
+        raise ConfigError(join(path, "protocol"), given, allowed)
+
+    address = get_str(m, "address", path).strip() or "0.0.0.0"
+    try:
+        address = str(ip_address(address))
+    except ValueError:
+        rule = "the relay address must be an IP address (e.g. $STUNNER_ADDR, the pod IP)"
+        raise ConfigError(join(path, "address"), address, rule) from None
+
+    def port(key: str, default: int) -> int:
+        return get_int(m, key, path, default, 1, 65535, _PORT_RULE, zero_is_default=True)
+
+    d = ListenerConfig(name="", protocol="")
+    min_relay, max_relay = (
+        port("min_relay_port", d.min_relay_port),
+        port("max_relay_port", d.max_relay_port),
+    )
+    if min_relay > max_relay:
+        rule = f"the relay port range needs min_relay_port <= max_relay_port ({max_relay})"
+        raise ConfigError(join(path, "min_relay_port"), min_relay, rule)
+
+    lis = ListenerConfig(
+        name=name,
+        protocol=protocol,
+        address=address,
+        port=port("port", d.port),
+        public_address=get_str(m, "public_address", path).strip(),
+        public_port=get_int(m, "public_port", path, 0, 0, 65535, "a port is 0-65535 (0: unset)"),
+        min_relay_port=min_relay,
+        max_relay_port=max_relay,
+        cert=get_str(m, "cert", path).strip(),
+        key=get_str(m, "key", path).strip(),
+        routes=_strings(m, "routes", path),
+    )
+    if lis.transport in ("tls", "dtls"):
+        for key in ("cert", "key"):
+            _check_pem(getattr(lis, key), join(path, key), protocol)
+    return lis
+
+
+def _check_pem(value: str, path: str, protocol: str) -> None:
+    if not value:
+        rule = f"a {protocol} listener needs cert and key, each a base64-encoded PEM (set {path})"
+        raise ConfigError.missing(path, rule)
+    try:
+        binascii.a2b_base64("".join(value.split()), strict_mode=True)
+    except (binascii.Error, ValueError):
+        rule = "must be base64-encoded PEM (e.g. `base64 -w0 cert.pem`)"
+        raise ConfigError(path, value[:16] + "...", rule) from None
+
+
+def _cluster(m: Mapping[str, Any], path: str) -> ClusterConfig:
+    name = get_str(m, "name", path)
+    if not name.strip():
+        raise ConfigError(join(path, "name"), m.get("name", MISSING), "a cluster needs a name")
+    ctype = get_str(m, "type", path).strip().upper() or "STATIC"
+    if ctype not in CLUSTER_TYPES:
+        raise ConfigError(join(path, "type"), m.get("type"), "use STATIC or STRICT_DNS")
+    proto = get_str(m, "protocol", path).strip().upper() or "UDP"
+    if proto not in CLUSTER_PROTOCOLS:
+        raise ConfigError(join(path, "protocol"), m.get("protocol"), "use UDP or TCP")
+    endpoints = _strings(m, "endpoints", path)
+    for j, text in enumerate(endpoints):
+        try:
+            parse_endpoint(text, dns=ctype == "STRICT_DNS")
+        except ValueError as exc:
+            raise ConfigError(f"{path}.endpoints[{j}]", text, f"{ctype} endpoint {exc}") from None
+    return ClusterConfig(name=name, type=ctype, protocol=proto, endpoints=endpoints)
+
+
+def _strings(m: Mapping[str, Any], key: str, base: str) -> tuple[str, ...]:
+    path = join(base, key)
+    out: list[str] = []
+    for j, item in enumerate(get_list(m.get(key), path)):
+        if not isinstance(item, str):
+            raise ConfigError(f"{path}[{j}]", item, "must be a string (quote it in YAML)")
+        out.append(item.strip())
+    return tuple(out)
+
+
+def _check_unique(names: list[str], section: str, kind: str) -> None:
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            rule = f"{kind} names must be unique; {section}[{seen[name]}] has this name already"
+            raise ConfigError(f"{section}[{i}].name", name, rule)
+        seen[name] = i
+
+
+def _check_routes(
+    listeners: tuple[ListenerConfig, ...], clusters: tuple[ClusterConfig, ...]
+) -> None:
+    names = [c.name for c in clusters]
+    for i, lis in enumerate(listeners):
+        for j, route in enumerate(lis.routes):
+            if route not in names:
+                known = ", ".join(names) if names else "none are defined"
+                rule = f"no such cluster; route to one of the clusters ({known})"
+                raise ConfigError(f"listeners[{i}].routes[{j}]", route, rule)
