@@ -20,7 +20,7 @@ ChannelBind and reconfig, not per packet.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import ClassVar
@@ -141,20 +141,21 @@ PortSet.ANY = PortSet.range(0, 65535)
 
 @dataclass(frozen=True, slots=True)
 class _Rule:
+    cluster: str
     network: IPNetwork
     # the special ranges this endpoint network lies inside: it may reach peers of those only
     inside: frozenset[IPNetwork]
     ports: PortSet
 
 
-def _rule(network: IPNetwork, ports: PortSet) -> _Rule:
+def _rule(cluster: str, network: IPNetwork, ports: PortSet) -> _Rule:
     network = normalize_network(network)
     inside = frozenset(
         r
         for r in SPECIAL_RANGES
         if r.version == network.version and network.subnet_of(r)  # type: ignore[arg-type]
     )
-    return _Rule(network, inside, ports)
+    return _Rule(cluster, network, inside, ports)
 
 
 def _lookup_dns(resolved: Mapping[str, Sequence[str]], host: str) -> Sequence[str]:
@@ -174,14 +175,14 @@ def _cluster_rules(cluster: ClusterConfig, resolved: Mapping[str, Sequence[str]]
             continue  # validated configs never get here; a hand-built one fails closed
         ports = PortSet.range(ep.min_port, ep.max_port)
         if ep.network is not None:
-            rules.append(_rule(ep.network, ports))
+            rules.append(_rule(cluster.name, ep.network, ports))
             continue
         for addr_text in _lookup_dns(resolved, ep.host):
             addr = parse_ip(addr_text)
             # sinkhole answers (0.0.0.0, ::) would open the local host: never honour them
             if addr is None or addr.is_unspecified:
                 continue
-            rules.append(_rule(ip_network(addr), ports))
+            rules.append(_rule(cluster.name, ip_network(addr), ports))
     return rules
 
 
@@ -230,23 +231,24 @@ class PeerAccess:
             rules[lis.name] = [rule for name in routed for rule in by_cluster[name]]
         return cls(rules, clusters)
 
-    def ports_for(self, listener: str, ip: str) -> PortSet | None:
-        """The peer ports allowed for `ip` via `listener`, or None when the peer is denied."""
+    def _matching(self, listener: str, ip: str) -> Iterator[_Rule]:
         addr = parse_ip(ip)
         if addr is None:
-            return None
+            return
         table = self._v4 if addr.version == 4 else self._v6
-        rules = table.get(listener)
-        if not rules:
-            return None
-        host = ip_network(addr)
-        special = special_range(host)
+        special = special_range(ip_network(addr))
+        for rule in table.get(listener, ()):
+            if addr in rule.network and (special is None or special in rule.inside):
+                yield rule
+
+    def cluster_for(self, listener: str, ip: str) -> str:
+        """The first routed cluster that covers `ip` ("" if none): whom its traffic counts for."""
+        return next((rule.cluster for rule in self._matching(listener, ip)), "")
+
+    def ports_for(self, listener: str, ip: str) -> PortSet | None:
+        """The peer ports allowed for `ip` via `listener`, or None when the peer is denied."""
         ports: PortSet | None = None
-        for rule in rules:
-            if addr not in rule.network:
-                continue
-            if special is not None and special not in rule.inside:
-                continue
+        for rule in self._matching(listener, ip):
             ports = rule.ports if ports is None else ports | rule.ports
             if ports.is_any:
                 break

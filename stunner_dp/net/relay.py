@@ -1,0 +1,200 @@
+"""Relay sockets: one UDP socket per allocation, bound in the listener's relay port range.
+
+A relay socket reads with `loop.add_reader` and plain non-blocking `recvfrom`, draining what the
+kernel has queued before it returns to the loop. Datagrams from a peer with a bound channel go
+to the client as ChannelData after one dict lookup; that is the hot path of the whole server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import random
+import socket
+import struct
+from collections.abc import Callable
+
+from stunner_dp.config import ListenerConfig
+from stunner_dp.stun import FAMILY_IPV6
+from stunner_dp.turn.allocation import Allocation
+from stunner_dp.turn.server import data_indication
+from stunner_dp.turn.types import Addr
+
+_pack_channel_header = struct.Struct("!HH").pack
+READ_BATCH = 64  # datagrams read per wake-up, so one busy socket cannot starve the others
+RECV_SIZE = 65536
+
+
+def primary_address(family: int) -> str:
+    """The address this host uses to reach the outside, found without sending anything (a UDP
+    connect only picks a route). Used when a listener's `address` is a wildcard."""
+    probe_ip, fam = ("2001:db8::1", socket.AF_INET6) if family == FAMILY_IPV6 else ("192.0.2.1", socket.AF_INET)
+    try:
+        with socket.socket(fam, socket.SOCK_DGRAM) as probe:
+            probe.connect((probe_ip, 9))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return "::1" if family == FAMILY_IPV6 else "127.0.0.1"
+
+
+class RelaySocket:
+    """One relay transport address (implements turn.types.RelayHandle)."""
+
+    __slots__ = ("_loop", "_reading", "_sock", "address", "allocation", "dropped", "sendto")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, advertised: Addr) -> None:
+        self._loop = loop
+        self._sock = sock
+        self.address = advertised
+        self.allocation: Allocation | None = None
+        self.sendto: Callable[[bytes, Addr], object] = sock.sendto
+        self.dropped = 0  # datagrams from peers without a permission
+        self._reading = False
+
+    def attach(self, allocation: Allocation | None) -> None:
+        self.allocation = allocation
+        if allocation is not None and not self._reading:
+            reader = self._on_readable_v6 if self._sock.family == socket.AF_INET6 else self._on_readable
+            self._loop.add_reader(self._sock.fileno(), reader)
+            self._reading = True
+
+    def close(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._sock.fileno())
+            self._reading = False
+        self.allocation = None
+        self._sock.close()
+
+    def _on_readable(self) -> None:
+        recvfrom = self._sock.recvfrom
+        for _ in range(READ_BATCH):
+            try:
+                data, peer = recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an ICMP error surfaced on the socket: nothing to relay
+            alloc = self.allocation
+            if alloc is None:
+                return
+            chan = alloc.peer_channels.get(peer)
+            if chan is not None:
+                size = len(data)
+                alloc.link.sendto(_pack_channel_header(chan.number, size) + data, alloc.client)
+                chan.in_packets += 1
+                chan.in_bytes += size
+                continue
+            self._to_client_slow(alloc, peer, data)
+
+    def _on_readable_v6(self) -> None:
+        # IPv6 sockets report (host, port, flowinfo, scope_id); our tables key on (host, port).
+        recvfrom = self._sock.recvfrom
+        for _ in range(READ_BATCH):
+            try:
+                data, peer6 = recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            alloc = self.allocation
+            if alloc is None:
+                return
+            peer = (peer6[0], peer6[1])
+            chan = alloc.peer_channels.get(peer)
+            if chan is not None:
+                size = len(data)
+                alloc.link.sendto(_pack_channel_header(chan.number, size) + data, alloc.client)
+                chan.in_packets += 1
+                chan.in_bytes += size
+                continue
+            self._to_client_slow(alloc, peer, data)
+
+    def _to_client_slow(self, alloc: Allocation, peer: Addr, data: bytes) -> None:
+        perm = alloc.permissions.get(peer[0])
+        if perm is None or peer[1] not in perm.ports:
+            self.dropped += 1
+            return
+        perm.in_packets += 1
+        perm.in_bytes += len(data)
+        alloc.link.sendto(data_indication(peer, data), alloc.client)
+
+
+class RelayPool:
+    """Binds relay sockets for Allocate (implements turn.types.RelayFactory)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._advertised: dict[tuple[str, int], str] = {}
+        self._bind_ips: dict[tuple[str, int], str] = {}
+        self.exhausted = 0  # Allocates that found no free port
+
+    def advertised_ip(self, listener: ListenerConfig, family: int) -> str:
+        key = (listener.address, family)
+        if key not in self._advertised:
+            ip = ipaddress.ip_address(listener.address or "0.0.0.0")
+            self._advertised[key] = primary_address(family) if ip.is_unspecified else str(ip)
+        return self._advertised[key]
+
+    def _bind_ip(self, listener: ListenerConfig, af: int) -> str:
+        """Bind to the listener's address when it is one of ours; a wildcard otherwise (an
+        address that only a NAT in front of us owns, as with a node's public IP)."""
+        wildcard = "::" if af == socket.AF_INET6 else "0.0.0.0"
+        key = (listener.address, af)
+        if key not in self._bind_ips:
+            ip = listener.address or wildcard
+            try:
+                with socket.socket(af, socket.SOCK_DGRAM) as probe:
+                    probe.bind((ip, 0))
+            except (OSError, ValueError):
+                ip = wildcard
+            self._bind_ips[key] = ip
+        return self._bind_ips[key]
+
+    def open(
+        self, listener: ListenerConfig, family: int, *, even: bool = False, pair: bool = False
+    ) -> tuple[RelaySocket, RelaySocket | None] | None:
+        af = socket.AF_INET6 if family == FAMILY_IPV6 else socket.AF_INET
+        bind_ip = self._bind_ip(listener, af)
+        advertised = self.advertised_ip(listener, family)
+        low, high = listener.min_relay_port, listener.max_relay_port
+        if even or pair:
+            low += low & 1
+        step = 2 if (even or pair) else 1
+        count = (high - low) // step + 1
+        if count <= 0:
+            self.exhausted += 1
+            return None
+        # Start at a random port and walk the range once: ports are unguessable and an
+        # almost full range still finds its last free port.
+        start = random.randrange(count)
+        for i in range(count):
+            port = low + ((start + i) % count) * step
+            first = _bind(af, bind_ip, port)
+            if first is None:
+                continue
+            second = None
+            if pair:
+                if port + 1 > high or (second := _bind(af, bind_ip, port + 1)) is None:
+                    first.close()
+                    continue
+            relay = RelaySocket(self._loop, first, (advertised, port))
+            spare = RelaySocket(self._loop, second, (advertised, port + 1)) if second else None
+            return relay, spare
+        self.exhausted += 1
+        return None
+
+
+def _bind(af: int, ip: str, port: int) -> socket.socket | None:
+    sock = socket.socket(af, socket.SOCK_DGRAM)
+    try:
+        if af == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((ip, port))
+        sock.setblocking(False)
+        return sock
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EMFILE, errno.ENFILE):
+            return None  # taken, or out of descriptors: the Allocate gets 508
+        raise

@@ -1,0 +1,251 @@
+"""The running server: listeners, relay ports, timers, live reconfiguration.
+
+This is the library API too: `async with Server(config) as srv:` starts a TURN server inside the
+caller's event loop (uvloop or not), `srv.port("udp-listener")` tells where it listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from stunner_dp.config import ListenerConfig, StunnerConfig, diff_configs, parse_config
+from stunner_dp.observe.logs import get_logger
+from stunner_dp.turn import events as ev
+from stunner_dp.turn.access import PeerAccess
+from stunner_dp.turn.server import TurnServer
+from stunner_dp.turn.types import Addr
+
+from .relay import RelayPool
+from .tcp import StreamListener
+from .udp import UdpListener, bind_udp
+
+Listener = UdpListener | StreamListener
+TICK = 1.0  # seconds between expiry sweeps
+DEMO_CREDENTIALS = ("user-1", "pass-1")
+
+log = get_logger("turn")
+netlog = get_logger("net")
+
+
+class ListenerStartError(RuntimeError):
+    def __init__(self, listener: ListenerConfig, exc: OSError) -> None:
+        super().__init__(
+            f"listener {listener.name!r} ({listener.protocol} port {listener.port}) "
+            f"could not start: {exc.strerror or exc}"
+        )
+        self.listener = listener.name
+
+
+class Server:
+    def __init__(
+        self,
+        config: StunnerConfig | Mapping[str, Any],
+        *,
+        nonce_secret: bytes | None = None,
+        software: str = "",
+        alternate_server: Addr | None = None,
+        reuse_port: bool = False,
+        bind_host: str | None = None,
+    ) -> None:
+        self.config = config if isinstance(config, StunnerConfig) else parse_config(config)
+        self._nonce_secret = nonce_secret or os.urandom(32)
+        self._software = software
+        self._alternate = alternate_server
+        self._reuse_port = reuse_port
+        self._bind_host = bind_host  # None: the wildcard of the listener's address family
+        self.listeners: dict[str, Listener] = {}
+        self.failed_listeners: dict[str, str] = {}
+        self.turn: TurnServer | None = None
+        self.relays: RelayPool | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.started_at = time.time()
+        self.idle = asyncio.Event()  # set whenever no allocation is left (for drain)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> Server:
+        self._loop = asyncio.get_running_loop()
+        self.relays = RelayPool(self._loop)
+        self.turn = TurnServer(
+            self.config,
+            self.relays,
+            nonce_secret=self._nonce_secret,
+            software=self._software,
+            alternate_server=self._alternate,
+        )
+        self._warn_demo_credentials()
+        for listener in self.config.listeners:
+            await self._start_listener(listener)
+        if self.config.listeners and not self.listeners:
+            raise RuntimeError("no listener could start: " + "; ".join(self.failed_listeners.values()))
+        self._timer = asyncio.create_task(self._tick_forever())
+        return self
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.turn is not None:
+            self.turn.close()
+            self.process_events()
+        for name in list(self.listeners):
+            self._stop_listener(name)
+
+    async def __aenter__(self) -> Server:
+        return await self.start()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def port(self, listener: str) -> int:
+        return self.listeners[listener].port
+
+    @property
+    def allocation_count(self) -> int:
+        return self.turn.allocation_count if self.turn else 0
+
+    # -- listeners ----------------------------------------------------------------------------
+
+    async def _start_listener(self, listener: ListenerConfig) -> None:
+        assert self.turn is not None and self._loop is not None
+        host = self._bind_host or ("::" if ":" in listener.address else "0.0.0.0")
+        try:
+            if listener.transport == "udp":
+                sock = bind_udp(host, listener.port, reuse_port=self._reuse_port)
+                self.listeners[listener.name] = UdpListener(
+                    self._loop, listener.name, sock, self.turn, self.process_events, time.time
+                )
+            elif listener.transport in ("tcp", "tls"):
+                stream = StreamListener(
+                    listener.name, listener.transport, self.turn, self.process_events, time.time
+                )
+                context = tls_context(listener) if listener.transport == "tls" else None
+                stream.asyncio_server = await self._loop.create_server(
+                    stream.protocol,
+                    host,
+                    listener.port,
+                    ssl=context,
+                    reuse_port=self._reuse_port or None,
+                    reuse_address=True,
+                )
+                self.listeners[listener.name] = stream
+            else:
+                netlog.error("listener protocol not supported yet", listener=listener.name,
+                             protocol=listener.protocol)
+                self.failed_listeners[listener.name] = f"{listener.protocol} is not supported"
+                return
+        except OSError as exc:
+            error = ListenerStartError(listener, exc)
+            # One listener's port being taken must not take the others down.
+            netlog.error(str(error), listener=listener.name)
+            self.failed_listeners[listener.name] = str(error)
+            return
+        self.failed_listeners.pop(listener.name, None)
+        netlog.info("listener started", listener=listener.name, protocol=listener.protocol,
+                    port=self.listeners[listener.name].port, relay_address=listener.address,
+                    relay_ports=f"{listener.min_relay_port}-{listener.max_relay_port}")
+
+    def _stop_listener(self, name: str) -> None:
+        listener = self.listeners.pop(name, None)
+        if listener is not None:
+            listener.close()
+            netlog.info("listener stopped", listener=name)
+
+    # -- reconfiguration ----------------------------------------------------------------------
+
+    async def apply(self, config: StunnerConfig) -> None:
+        """Make `config` the running config, touching only what changed."""
+        assert self.turn is not None
+        old = self.config
+        diff = diff_configs(old, config)
+        for name in (*diff.listeners_to_stop, *diff.listeners_to_restart):
+            self._stop_listener(name)
+        self.config = config
+        self.turn.update_config(config, PeerAccess.from_config(config))
+        for name in (*diff.listeners_to_restart, *diff.listeners_to_start):
+            listener = config.listener(name)
+            if listener is not None:
+                await self._start_listener(listener)
+        self._warn_demo_credentials()
+        self.process_events()
+
+    def _warn_demo_credentials(self) -> None:
+        auth = self.config.auth
+        if auth.type == "static" and (auth.username, auth.password) == DEMO_CREDENTIALS:
+            log.warning("the demo credentials user-1/pass-1 are in use: "
+                        "set auth.credentials before exposing this server")
+
+    # -- timers and events --------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            self.tick(time.time())
+
+    def tick(self, now: float) -> None:
+        assert self.turn is not None
+        self.turn.expire(now)
+        self.process_events()
+
+    def process_events(self) -> None:
+        turn = self.turn
+        if turn is None:
+            return
+        for event in turn.drain_events():
+            log_event(event)
+        if turn.allocation_count == 0:
+            self.idle.set()
+        else:
+            self.idle.clear()
+
+
+def log_event(event: ev.Event) -> None:
+    match event:
+        case ev.AllocationCreated(allocation=a):
+            log.info("allocation created", listener=a.listener, transport=a.transport,
+                     client=f"{a.client[0]}:{a.client[1]}", user=a.username,
+                     relay=f"{a.relay_addr[0]}:{a.relay_addr[1]}", lifetime=int(a.expires - a.created))
+        case ev.AllocationRefreshed(allocation=a, lifetime=lifetime):
+            log.info("allocation refreshed", listener=a.listener,
+                     client=f"{a.client[0]}:{a.client[1]}", user=a.username, lifetime=lifetime)
+        case ev.AllocationDeleted(allocation=a, reason=reason):
+            op, ob, ip_, ib = a.totals()
+            log.info("allocation deleted", listener=a.listener, transport=a.transport,
+                     client=f"{a.client[0]}:{a.client[1]}", user=a.username,
+                     relay=f"{a.relay_addr[0]}:{a.relay_addr[1]}", reason=reason,
+                     packets_to_peers=op, bytes_to_peers=ob, packets_to_client=ip_,
+                     bytes_to_client=ib)
+        case ev.PermissionDenied(listener=listener, client=client, peer=peer, clusters=clusters):
+            log.info("permission denied: no route to endpoint", peer=f"{peer[0]}:{peer[1]}",
+                     listener=listener, client=f"{client[0]}:{client[1]}",
+                     clusters_tried=list(clusters))
+        case ev.AuthFailed(listener=listener, client=client, username=user, reason=reason):
+            log.info("authentication failed", listener=listener,
+                     client=f"{client[0]}:{client[1]}", user=user, reason=reason)
+        case ev.RequestRejected(listener=listener, client=client, method=m, code=code, reason=r):
+            log.debug("request rejected", listener=listener, client=f"{client[0]}:{client[1]}",
+                      method=m, code=code, reason=r)
+
+
+def tls_context(listener: ListenerConfig) -> ssl.SSLContext:
+    """A server context from the listener's base64 PEM cert and key (as STUNner stores them)."""
+    import base64
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
+        cert.write_bytes(base64.b64decode(listener.cert))
+        key.write_bytes(base64.b64decode(listener.key))
+        context.load_cert_chain(cert, key)
+    return context

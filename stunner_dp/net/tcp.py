@@ -1,0 +1,131 @@
+"""TCP and TLS listeners: RFC 8656 stream framing, STUN and ChannelData interleaved.
+
+An allocation made over a stream lives as long as its connection (RFC 8656 3.1)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from stunner_dp import stun
+from stunner_dp.turn.server import TurnServer
+from stunner_dp.turn.types import Addr, Context
+
+MAX_FRAME = 65536 + 4
+WRITE_BUFFER_LIMIT = 1 << 20  # past this a slow client loses media, not the server's memory
+
+
+class StreamListener:
+    """Shared state of one TCP/TLS listener; each connection is a `StreamConnection`."""
+
+    def __init__(
+        self,
+        name: str,
+        transport: str,
+        server: TurnServer,
+        on_events: Callable[[], None],
+        now: Callable[[], float],
+    ) -> None:
+        self.name = name
+        self.transport = transport
+        self.server = server
+        self.on_events = on_events
+        self.now = now
+        self.connections: set[StreamConnection] = set()
+        self.connections_total = 0
+        self.rx_packets = 0
+        self.rx_bytes = 0
+        self.tx_packets = 0
+        self.tx_bytes = 0
+        self.dropped = 0
+        self.asyncio_server: asyncio.Server | None = None
+        server.allocations.setdefault(name, {})
+
+    @property
+    def port(self) -> int:
+        assert self.asyncio_server is not None
+        return int(self.asyncio_server.sockets[0].getsockname()[1])
+
+    def protocol(self) -> StreamConnection:
+        return StreamConnection(self)
+
+    def close(self) -> None:
+        if self.asyncio_server is not None:
+            self.asyncio_server.close()
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class StreamConnection(asyncio.Protocol):
+    def __init__(self, listener: StreamListener) -> None:
+        self.listener = listener
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.client: Addr = ("", 0)
+        self.ctx: Context | None = None
+        self.sendto: Callable[[bytes, Addr], object] = self._write
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client = (str(peer[0]), int(peer[1]))
+        self.ctx = Context(self.listener.name, self.listener.transport, self.client, self)
+        self.listener.connections.add(self)
+        self.listener.connections_total += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener.connections.discard(self)
+        self.listener.server.remove_client(self.listener.name, self.client, "connection closed")
+        self.listener.on_events()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _write(self, data: bytes, addr: Addr) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+            self.listener.dropped += 1
+            return
+        transport.write(data)
+        if len(data) & 3:  # ChannelData over a stream is padded to 4 bytes (RFC 8656 12.5)
+            transport.write(b"\0" * (4 - (len(data) & 3)))
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        listener = self.listener
+        server = listener.server
+        ctx = self.ctx
+        assert ctx is not None
+        while buf:
+            try:
+                size = stun.stream_frame_length(buf)
+            except stun.StunError:
+                self.abort()  # not STUN, not ChannelData: the stream cannot be resynchronised
+                return
+            if size is None or len(buf) < size:
+                if size is not None and size > MAX_FRAME:
+                    self.abort()
+                return
+            frame = bytes(buf[:size])
+            del buf[:size]
+            if 0x40 <= frame[0] <= 0x4F:
+                outputs = server.handle_channel_data(ctx, frame)
+            else:
+                listener.rx_packets += 1
+                listener.rx_bytes += size
+                outputs = server.handle_stun(ctx, frame, listener.now())
+            for sink, addr, payload in outputs:
+                if sink is self and not 0x40 <= payload[0] <= 0x4F:
+                    listener.tx_packets += 1
+                    listener.tx_bytes += len(payload)
+                try:
+                    sink.sendto(payload, addr)
+                except OSError:
+                    listener.dropped += 1
+        if server.events:
+            listener.on_events()

@@ -1,0 +1,58 @@
+"""structlog set-up: text or JSON lines, levels per scope ("all:INFO,turn:DEBUG")."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+SCOPES = ("stunner", "turn", "config", "net", "cds", "metrics")
+_LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO,
+           "WARN": logging.WARNING, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
+           "DISABLE": logging.CRITICAL + 10, "NONE": logging.CRITICAL + 10}
+
+
+def parse_levels(spec: str) -> dict[str, int]:
+    """"all:INFO,turn:DEBUG" -> {"all": INFO, "turn": DEBUG}. Unknown levels raise ValueError."""
+    levels: dict[str, int] = {"all": logging.INFO}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        scope, _, level = item.rpartition(":")
+        scope = scope or "all"
+        if level.upper() not in _LEVELS:
+            raise ValueError(f"log level {level!r} in {item!r}: use one of {', '.join(_LEVELS)}")
+        levels[scope.lower()] = _LEVELS[level.upper()]
+    return levels
+
+
+def configure_logging(spec: str = "all:INFO", fmt: str = "text") -> None:
+    levels = parse_levels(spec)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("stunner_dp")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(levels["all"])
+    for scope in SCOPES:
+        logging.getLogger(f"stunner_dp.{scope}").setLevel(levels.get(scope, levels["all"]))
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(scope: str) -> Any:
+    return structlog.get_logger(f"stunner_dp.{scope}")

@@ -1,0 +1,162 @@
+"""An allocation: a relay address, its permissions and channels, and their lifetimes.
+
+The shell's hot path reads three dicts of an allocation directly and nothing else:
+
+- `channels`: channel number -> Channel, for ChannelData from the client;
+- `peer_channels`: peer address -> Channel, for datagrams from a peer with a bound channel;
+- `permissions`: peer IP -> Permission, for datagrams from other permitted peers.
+
+They hold only what may flow *now*: a channel whose peer lost its permission is taken out of
+the first two until the permission is renewed, so the hot path needs no expiry check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from stunner_dp.turn.access import PortSet
+from stunner_dp.turn.types import Addr, RelayHandle, Sink
+
+PERMISSION_LIFETIME = 300.0
+CHANNEL_LIFETIME = 600.0
+
+
+@dataclass(slots=True, eq=False)
+class Traffic:
+    """Payload counters, bumped as plain integers on the hot path and read at scrape time.
+    `out` is towards the peer (from the client), `in` towards the client."""
+
+    cluster: str
+    out_packets: int = 0
+    out_bytes: int = 0
+    in_packets: int = 0
+    in_bytes: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Permission(Traffic):
+    ports: PortSet = PortSet.ANY
+    expires: float = 0.0
+
+
+@dataclass(slots=True, eq=False)
+class Channel(Traffic):
+    number: int = 0
+    peer: Addr = ("", 0)
+    expires: float = 0.0
+
+
+@dataclass(slots=True, eq=False)
+class Allocation:
+    listener: str
+    transport: str
+    client: Addr
+    link: Sink  # how to reach the client
+    username: str
+    quota_user: str
+    relay: RelayHandle
+    expires: float
+    transaction_id: bytes  # of the Allocate that made it, to answer a retransmission alike
+    success_response: bytes = b""
+    key: bytes = b""  # the long-term key, needed to sign responses to later requests
+    created: float = 0.0
+    channels: dict[int, Channel] = field(default_factory=dict)
+    peer_channels: dict[Addr, Channel] = field(default_factory=dict)
+    permissions: dict[str, Permission] = field(default_factory=dict)
+    bindings: dict[int, Channel] = field(default_factory=dict)  # all bound channels, live or not
+    retired: dict[str, Traffic] = field(default_factory=dict)  # expired entries' counts, by cluster
+
+    @property
+    def relay_addr(self) -> Addr:
+        return self.relay.address
+
+    def next_deadline(self) -> float:
+        deadlines = [self.expires]
+        deadlines.extend(p.expires for p in self.permissions.values())
+        deadlines.extend(c.expires for c in self.bindings.values())
+        return min(deadlines)
+
+    # -- permissions and channels (slow path) -------------------------------------------------
+
+    def install_permission(self, ip: str, ports: PortSet, cluster: str, now: float) -> None:
+        perm = self.permissions.get(ip)
+        if perm is None:
+            self.permissions[ip] = Permission(cluster=cluster, ports=ports)
+            perm = self.permissions[ip]
+        perm.ports = ports
+        perm.expires = now + PERMISSION_LIFETIME
+        self._sync_channels()
+
+    def bind_channel(self, number: int, peer: Addr, cluster: str, now: float) -> None:
+        chan = self.bindings.get(number)
+        if chan is None:
+            chan = Channel(cluster=cluster, number=number, peer=peer)
+            self.bindings[number] = chan
+        chan.expires = now + CHANNEL_LIFETIME
+        self._sync_channels()
+
+    def channel_of_peer(self, peer: Addr) -> Channel | None:
+        for chan in self.bindings.values():
+            if chan.peer == peer:
+                return chan
+        return None
+
+    def expire(self, now: float) -> None:
+        """Drop permissions and channels whose time is up (the allocation itself is the
+        server's business)."""
+        for ip in [ip for ip, p in self.permissions.items() if p.expires <= now]:
+            self._retire(self.permissions.pop(ip))
+        for num in [n for n, c in self.bindings.items() if c.expires <= now]:
+            self._retire(self.bindings.pop(num))
+        self._sync_channels()
+
+    def revoke(self, keep: dict[str, PortSet]) -> list[str]:
+        """After a config change: keep only permissions whose peer IP is still reachable (with
+        its new port set), and channels whose peer port is still allowed. Returns the IPs
+        dropped."""
+        dropped = [ip for ip in self.permissions if ip not in keep]
+        for ip in dropped:
+            self._retire(self.permissions.pop(ip))
+        for ip, perm in self.permissions.items():
+            perm.ports = keep[ip]
+        for num in [n for n, c in self.bindings.items() if not self._peer_allowed(c.peer)]:
+            self._retire(self.bindings.pop(num))
+        self._sync_channels()
+        return dropped
+
+    def _peer_allowed(self, peer: Addr) -> bool:
+        perm = self.permissions.get(peer[0])
+        return perm is not None and peer[1] in perm.ports
+
+    def _sync_channels(self) -> None:
+        """Rebuild the hot-path channel views from the bindings that hold a permission."""
+        live = [c for c in self.bindings.values() if self._peer_allowed(c.peer)]
+        self.channels = {c.number: c for c in live}
+        self.peer_channels = {c.peer: c for c in live}
+
+    # -- accounting ----------------------------------------------------------------------------
+
+    def _retire(self, gone: Traffic) -> None:
+        # Fold a dead entry's counts into one per cluster, so churn does not grow the list.
+        total = self.retired.setdefault(gone.cluster, Traffic(gone.cluster))
+        total.out_packets += gone.out_packets
+        total.out_bytes += gone.out_bytes
+        total.in_packets += gone.in_packets
+        total.in_bytes += gone.in_bytes
+
+    def traffic(self) -> list[Traffic]:
+        """Every counter this allocation has, live and retired."""
+        out: list[Traffic] = list(self.retired.values())
+        out.extend(self.permissions.values())
+        out.extend(self.bindings.values())
+        return out
+
+    def totals(self) -> tuple[int, int, int, int]:
+        """(out packets, out bytes, in packets, in bytes) over the allocation's life."""
+        op = ob = ip_ = ib = 0
+        for t in self.traffic():
+            op += t.out_packets
+            ob += t.out_bytes
+            ip_ += t.in_packets
+            ib += t.in_bytes
+        return op, ob, ip_, ib

@@ -1,0 +1,553 @@
+"""The TURN server state machine (RFC 8656 over RFC 8489): bytes in, bytes out, no I/O.
+
+`TurnServer.handle_stun` takes one STUN message from a client and returns what to send where.
+Media takes the shell's hot path instead (see `allocation.py`); `handle_channel_data` and
+`handle_peer_data` here are the same rules written plainly, for stream transports and tests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import secrets
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stunner_dp import stun
+from stunner_dp.config import ListenerConfig, StunnerConfig
+from stunner_dp.stun import Message, StunError
+from stunner_dp.turn import events as ev
+from stunner_dp.turn.access import PeerAccess
+from stunner_dp.turn.allocation import Allocation, Traffic
+from stunner_dp.turn.auth import Credentials, Nonces, quota_user
+from stunner_dp.turn.types import Addr, Context, Output, RelayFactory, RelayHandle
+
+DEFAULT_LIFETIME = 600
+MAX_LIFETIME = 3600
+RESERVATION_LIFETIME = 30.0
+
+
+class Reject(Exception):
+    """Ends a request handler with an error response."""
+
+    def __init__(
+        self, code: int, reason: str = "", attrs: list[tuple[int, bytes]] | None = None
+    ) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason or stun.REASONS.get(code, "Error")
+        self.attrs = attrs or []
+
+
+@dataclass(slots=True, frozen=True)
+class Authenticated:
+    username: str
+    key: bytes
+
+
+def listener_family(listener: ListenerConfig) -> int:
+    try:
+        version = ipaddress.ip_address(listener.address or "0.0.0.0").version
+    except ValueError:
+        version = 4
+    return stun.FAMILY_IPV6 if version == 6 else stun.FAMILY_IPV4
+
+
+def address_family(ip: str) -> int:
+    return stun.FAMILY_IPV6 if ":" in ip else stun.FAMILY_IPV4
+
+
+def normalize_peer(addr: Addr) -> Addr:
+    """An IPv4-mapped IPv6 peer (::ffff:a.b.c.d) is that IPv4 peer, for rules and for sending."""
+    ip = addr[0]
+    if ip.startswith("::ffff:") and "." in ip:
+        return (ip[7:], addr[1])
+    return addr
+
+
+Handler = Callable[[Context, Message, Authenticated, float], list[tuple[int, bytes]]]
+
+
+class TurnServer:
+    def __init__(
+        self,
+        config: StunnerConfig,
+        relays: RelayFactory,
+        *,
+        nonce_secret: bytes,
+        access: PeerAccess | None = None,
+        software: str = "",
+        alternate_server: Addr | None = None,
+    ) -> None:
+        self.relays = relays
+        self.nonces = Nonces(nonce_secret)
+        self.software = software
+        self.alternate_server = alternate_server
+        self.draining = False
+        # listener name -> client address -> allocation: the shell's first hot-path lookup
+        self.allocations: dict[str, dict[Addr, Allocation]] = {}
+        self.user_allocations: Counter[str] = Counter()
+        self.reservations: dict[bytes, tuple[RelayHandle, float]] = {}
+        self.retired: dict[tuple[str, str], Traffic] = {}  # (listener, cluster) -> counts of gone
+        self.events: list[ev.Event] = []
+        self.malformed = 0
+        self._handlers: dict[int, Handler] = {
+            stun.METHOD_ALLOCATE: self._allocate,
+            stun.METHOD_REFRESH: self._refresh,
+            stun.METHOD_CREATE_PERMISSION: self._create_permission,
+            stun.METHOD_CHANNEL_BIND: self._channel_bind,
+        }
+        self.config = config
+        self.credentials = Credentials(config.auth)
+        self.access = access or PeerAccess.from_config(config)
+        self._listeners = {listener.name: listener for listener in config.listeners}
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def update_config(self, config: StunnerConfig, access: PeerAccess | None = None) -> None:
+        """Apply a new config live: credentials, limits, clusters and routes. Permissions and
+        channels that the new rules no longer allow are revoked at once; allocations of
+        listeners that are gone are deleted."""
+        self.config = config
+        self.credentials = Credentials(config.auth)
+        self.access = access or PeerAccess.from_config(config)
+        self._listeners = {listener.name: listener for listener in config.listeners}
+        for name in [n for n in self.allocations if n not in self._listeners]:
+            for alloc in list(self.allocations[name].values()):
+                self.delete(alloc, "listener removed")
+            del self.allocations[name]
+        self.revalidate()
+
+    def revalidate(self) -> None:
+        """Hold every permission against the current peer rules (after a config change or a
+        DNS update)."""
+        for table in self.allocations.values():
+            for alloc in table.values():
+                keep = {}
+                for ip in alloc.permissions:
+                    ports = self.access.ports_for(alloc.listener, ip)
+                    if ports is not None:
+                        keep[ip] = ports
+                alloc.revoke(keep)
+
+    # -- entry points -------------------------------------------------------------------------
+
+    def handle_stun(self, ctx: Context, data: bytes, now: float) -> list[Output]:
+        try:
+            msg = stun.parse_message(data)
+        except StunError:
+            self.malformed += 1
+            return []
+        if msg.cls == stun.CLASS_REQUEST:
+            return [(ctx.link, ctx.client, self._request(ctx, msg, now))]
+        if msg.cls == stun.CLASS_INDICATION and msg.method == stun.METHOD_SEND:
+            return self._send_indication(ctx, msg)
+        return []  # responses, and indications a server never acts on
+
+    def handle_channel_data(self, ctx: Context, data: bytes) -> list[Output]:
+        alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
+        if alloc is None:
+            return []
+        try:
+            number, payload = stun.parse_channel_data(data)
+        except StunError:
+            self.malformed += 1
+            return []
+        chan = alloc.channels.get(number)
+        if chan is None:
+            return []
+        chan.out_packets += 1
+        chan.out_bytes += len(payload)
+        return [(alloc.relay, chan.peer, payload)]
+
+    def handle_peer_data(self, alloc: Allocation, peer: Addr, data: bytes) -> list[Output]:
+        chan = alloc.peer_channels.get(peer)
+        if chan is not None:
+            chan.in_packets += 1
+            chan.in_bytes += len(data)
+            frame = stun.encode_channel_data(chan.number, data, pad=alloc.transport != "udp")
+            return [(alloc.link, alloc.client, frame)]
+        perm = alloc.permissions.get(peer[0])
+        if perm is None or peer[1] not in perm.ports:
+            return []
+        perm.in_packets += 1
+        perm.in_bytes += len(data)
+        return [(alloc.link, alloc.client, data_indication(peer, data))]
+
+    def expire(self, now: float) -> None:
+        """Run the timers: allocations, permissions, channels and port reservations."""
+        for token in [t for t, (_, exp) in self.reservations.items() if exp <= now]:
+            self.reservations.pop(token)[0].close()
+        for table in self.allocations.values():
+            for alloc in list(table.values()):
+                if alloc.expires <= now:
+                    self.delete(alloc, "expired")
+                elif alloc.next_deadline() <= now:
+                    alloc.expire(now)
+
+    def remove_client(self, listener: str, client: Addr, reason: str) -> None:
+        """The client's connection is gone (TCP/TLS): so is its allocation (RFC 8656 3.1)."""
+        alloc = self.allocations.get(listener, {}).get(client)
+        if alloc is not None:
+            self.delete(alloc, reason)
+
+    def delete(self, alloc: Allocation, reason: str) -> None:
+        table = self.allocations.get(alloc.listener, {})
+        if table.get(alloc.client) is not alloc:
+            return
+        del table[alloc.client]
+        self.user_allocations[alloc.quota_user] -= 1
+        if self.user_allocations[alloc.quota_user] <= 0:
+            del self.user_allocations[alloc.quota_user]
+        alloc.relay.attach(None)
+        alloc.relay.close()
+        for t in alloc.traffic():
+            total = self.retired.setdefault((alloc.listener, t.cluster), Traffic(t.cluster))
+            total.out_packets += t.out_packets
+            total.out_bytes += t.out_bytes
+            total.in_packets += t.in_packets
+            total.in_bytes += t.in_bytes
+        self.events.append(ev.AllocationDeleted(alloc, reason))
+
+    def close(self) -> None:
+        """Delete every allocation and free every port (server shutdown)."""
+        for table in self.allocations.values():
+            for alloc in list(table.values()):
+                self.delete(alloc, "server stopped")
+        for handle, _ in self.reservations.values():
+            handle.close()
+        self.reservations.clear()
+
+    def drain_events(self) -> list[ev.Event]:
+        out, self.events = self.events, []
+        return out
+
+    @property
+    def allocation_count(self) -> int:
+        return sum(len(t) for t in self.allocations.values())
+
+    def all_allocations(self) -> list[Allocation]:
+        return [a for t in self.allocations.values() for a in t.values()]
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _request(self, ctx: Context, msg: Message, now: float) -> bytes:
+        unknown = [t for t, _ in msg.attributes if t < 0x8000 and t not in stun.KNOWN_ATTRIBUTES]
+        if unknown:
+            return self._error(
+                ctx, msg, 420, attrs=[(stun.ATTR_UNKNOWN_ATTRIBUTES, stun.encode_unknown_attributes(unknown))]
+            )
+        if msg.method == stun.METHOD_BINDING:
+            attrs = [(stun.ATTR_XOR_MAPPED_ADDRESS, stun.encode_xor_address(ctx.client[:2], msg.transaction_id))]
+            return self._response(msg, stun.CLASS_SUCCESS, attrs)
+        handler = self._handlers.get(msg.method)
+        if handler is None:
+            return self._error(ctx, msg, 400, "Unknown method")
+        auth = self._authenticate(ctx, msg, now)
+        if isinstance(auth, bytes):
+            return auth
+        try:
+            attrs = handler(ctx, msg, auth, now)
+        except _Resend as again:
+            return again.response
+        except Reject as rej:
+            return self._error(ctx, msg, rej.code, rej.reason, rej.attrs, key=auth.key)
+        except StunError as exc:  # a malformed attribute in an otherwise good request
+            return self._error(ctx, msg, 400, f"Bad Request: {exc}", key=auth.key)
+        if self.software:
+            attrs.append((stun.ATTR_SOFTWARE, self.software.encode()))
+        return self._response(msg, stun.CLASS_SUCCESS, attrs, key=auth.key)
+
+    def _authenticate(self, ctx: Context, msg: Message, now: float) -> Authenticated | bytes:
+        realm = self.credentials.realm
+        if not msg.has(stun.ATTR_MESSAGE_INTEGRITY):
+            return self._challenge(ctx, msg, 401, now)
+        raw_user, raw_realm, raw_nonce = (
+            msg.get(stun.ATTR_USERNAME),
+            msg.get(stun.ATTR_REALM),
+            msg.get(stun.ATTR_NONCE),
+        )
+        if raw_user is None or raw_realm is None or raw_nonce is None:
+            return self._error(ctx, msg, 400, "Missing USERNAME, REALM or NONCE")
+        try:
+            username = stun.decode_text(raw_user, 513)
+            client_realm = stun.decode_text(raw_realm)
+            nonce = stun.decode_text(raw_nonce)
+        except StunError:
+            return self._error(ctx, msg, 400, "Malformed USERNAME, REALM or NONCE")
+        state = self.nonces.check(nonce, now)
+        if state != "ok":
+            return self._challenge(ctx, msg, 438, now)
+        found = self.credentials.lookup(username, now)
+        reason = found.reason
+        if found.key is not None and msg.check_integrity(found.key):
+            return Authenticated(username, found.key)
+        if not reason:
+            reason = "realm mismatch" if client_realm != realm else "wrong password"
+        self.events.append(ev.AuthFailed(ctx.listener, ctx.client, username, reason))
+        return self._challenge(ctx, msg, 401, now)
+
+    def _challenge(self, ctx: Context, msg: Message, code: int, now: float) -> bytes:
+        # Kept small on purpose: answers to unauthenticated requests must not amplify.
+        attrs = [
+            (stun.ATTR_REALM, self.credentials.realm.encode()),
+            (stun.ATTR_NONCE, self.nonces.issue(now).encode()),
+        ]
+        return self._error(ctx, msg, code, attrs=attrs, quiet=True)
+
+    def _allocation(self, ctx: Context, auth: Authenticated) -> Allocation:
+        alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
+        if alloc is None:
+            raise Reject(437)
+        if alloc.username != auth.username:
+            raise Reject(441)
+        return alloc
+
+    def _allocate(
+        self, ctx: Context, msg: Message, auth: Authenticated, now: float
+    ) -> list[tuple[int, bytes]]:
+        table = self.allocations.setdefault(ctx.listener, {})
+        existing = table.get(ctx.client)
+        if existing is not None:
+            if existing.transaction_id == msg.transaction_id:
+                raise _Resend(existing.success_response)
+            raise Reject(437)
+        listener = self._listeners.get(ctx.listener)
+        if listener is None:
+            raise Reject(500, "Listener is gone")
+        raw_transport = msg.get(stun.ATTR_REQUESTED_TRANSPORT)
+        if raw_transport is None:
+            raise Reject(400, "Missing REQUESTED-TRANSPORT")
+        if stun.decode_requested_transport(raw_transport) != stun.TRANSPORT_UDP:
+            raise Reject(442)
+        if self.draining and self.alternate_server is not None:
+            raise Reject(300, attrs=[(stun.ATTR_ALTERNATE_SERVER, stun.encode_address(self.alternate_server))])
+        raw_even = msg.get(stun.ATTR_EVEN_PORT)
+        token = msg.get(stun.ATTR_RESERVATION_TOKEN)
+        raw_family = msg.get(stun.ATTR_REQUESTED_ADDRESS_FAMILY)
+        raw_additional = msg.get(stun.ATTR_ADDITIONAL_ADDRESS_FAMILY)
+        if token is not None and (raw_even is not None or raw_family is not None):
+            raise Reject(400, "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY")
+        if raw_family is not None and raw_additional is not None:
+            raise Reject(400, "REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together")
+        family = listener_family(listener)
+        if raw_family is not None and stun.decode_family(raw_family) != family:
+            raise Reject(440)
+        extra: list[tuple[int, bytes]] = []
+        if raw_additional is not None:
+            if stun.decode_family(raw_additional) != stun.FAMILY_IPV6:
+                raise Reject(400, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")
+            if family != stun.FAMILY_IPV6:  # one relay family per listener: say so, go on
+                extra.append((stun.ATTR_ADDRESS_ERROR_CODE, stun.encode_address_error_code(stun.FAMILY_IPV6, 440)))
+        quser = quota_user(auth.username, self.credentials.type)
+        quota = self.config.admin.user_quota
+        if quota and self.user_allocations[quser] >= quota:
+            raise Reject(486)
+        cap = self.config.admin.max_allocations
+        if cap and self.allocation_count >= cap:
+            raise Reject(508, "Server allocation limit reached")
+        lifetime = self._lifetime(msg, initial=True)
+        new_token: bytes | None = None
+        if token is not None:
+            reserved = self.reservations.pop(token, None)
+            if reserved is None:
+                raise Reject(508, "Unknown or expired RESERVATION-TOKEN")
+            relay = reserved[0]
+        else:
+            reserve = raw_even is not None and stun.decode_even_port(raw_even)
+            opened = self.relays.open(listener, family, even=raw_even is not None, pair=reserve)
+            if opened is None:
+                raise Reject(508, "No relay port free")
+            relay, spare = opened
+            if spare is not None:
+                new_token = secrets.token_bytes(8)
+                self.reservations[new_token] = (spare, now + RESERVATION_LIFETIME)
+        alloc = Allocation(
+            listener=ctx.listener,
+            transport=ctx.transport,
+            client=ctx.client,
+            link=ctx.link,
+            username=auth.username,
+            quota_user=quser,
+            relay=relay,
+            expires=now + lifetime,
+            transaction_id=msg.transaction_id,
+            key=auth.key,
+            created=now,
+        )
+        relay.attach(alloc)
+        table[ctx.client] = alloc
+        self.user_allocations[quser] += 1
+        attrs = [
+            (stun.ATTR_XOR_RELAYED_ADDRESS, stun.encode_xor_address(relay.address[:2], msg.transaction_id)),
+            (stun.ATTR_LIFETIME, stun.encode_u32(lifetime)),
+        ]
+        if new_token is not None:
+            attrs.append((stun.ATTR_RESERVATION_TOKEN, new_token))
+        attrs.append((stun.ATTR_XOR_MAPPED_ADDRESS, stun.encode_xor_address(ctx.client[:2], msg.transaction_id)))
+        attrs.extend(extra)
+        software = [(stun.ATTR_SOFTWARE, self.software.encode())] if self.software else []
+        alloc.success_response = self._response(msg, stun.CLASS_SUCCESS, attrs + software, key=auth.key)
+        self.events.append(ev.AllocationCreated(alloc))
+        return attrs
+
+    def _lifetime(self, msg: Message, *, initial: bool) -> int:
+        raw = msg.get(stun.ATTR_LIFETIME)
+        if raw is None:
+            return DEFAULT_LIFETIME
+        asked = stun.decode_u32(raw)
+        if asked == 0 and not initial:
+            return 0
+        return max(DEFAULT_LIFETIME, min(asked, MAX_LIFETIME))
+
+    def _refresh(
+        self, ctx: Context, msg: Message, auth: Authenticated, now: float
+    ) -> list[tuple[int, bytes]]:
+        alloc = self._allocation(ctx, auth)
+        raw_family = msg.get(stun.ATTR_REQUESTED_ADDRESS_FAMILY)
+        if raw_family is not None and stun.decode_family(raw_family) != address_family(alloc.relay_addr[0]):
+            raise Reject(443)
+        lifetime = self._lifetime(msg, initial=False)
+        if lifetime == 0:
+            self.delete(alloc, "refresh")
+        else:
+            alloc.expires = now + lifetime
+            self.events.append(ev.AllocationRefreshed(alloc, lifetime))
+        return [(stun.ATTR_LIFETIME, stun.encode_u32(lifetime))]
+
+    def _peer(self, ctx: Context, alloc: Allocation, value: bytes, tid: bytes) -> Addr:
+        """Decode a XOR-PEER-ADDRESS and hold it against the family and the peer rules."""
+        peer = normalize_peer(stun.decode_xor_address(value, tid))
+        if address_family(peer[0]) != address_family(alloc.relay_addr[0]):
+            raise Reject(443)
+        return peer
+
+    def _deny(self, ctx: Context, peer: Addr) -> Reject:
+        clusters = self.access.clusters_for(ctx.listener)
+        self.events.append(ev.PermissionDenied(ctx.listener, ctx.client, peer, clusters))
+        return Reject(403, "Forbidden: no route to peer")
+
+    def _create_permission(
+        self, ctx: Context, msg: Message, auth: Authenticated, now: float
+    ) -> list[tuple[int, bytes]]:
+        alloc = self._allocation(ctx, auth)
+        values = msg.get_all(stun.ATTR_XOR_PEER_ADDRESS)
+        if not values:
+            raise Reject(400, "Missing XOR-PEER-ADDRESS")
+        grants = []
+        for value in values:
+            peer = self._peer(ctx, alloc, value, msg.transaction_id)
+            ports = self.access.ports_for(ctx.listener, peer[0])
+            if ports is None:
+                raise self._deny(ctx, peer)
+            grants.append((peer[0], ports, self.access.cluster_for(ctx.listener, peer[0])))
+        fresh = {ip for ip, _, _ in grants if ip not in alloc.permissions}
+        if len(alloc.permissions) + len(fresh) > self.config.admin.max_permissions_per_allocation:
+            raise Reject(508, "Permission limit reached")
+        for ip, ports, cluster in grants:
+            alloc.install_permission(ip, ports, cluster, now)
+        return []
+
+    def _channel_bind(
+        self, ctx: Context, msg: Message, auth: Authenticated, now: float
+    ) -> list[tuple[int, bytes]]:
+        alloc = self._allocation(ctx, auth)
+        raw_number = msg.get(stun.ATTR_CHANNEL_NUMBER)
+        raw_peer = msg.get(stun.ATTR_XOR_PEER_ADDRESS)
+        if raw_number is None or raw_peer is None:
+            raise Reject(400, "Missing CHANNEL-NUMBER or XOR-PEER-ADDRESS")
+        number = stun.decode_channel_number(raw_number)
+        if not stun.CHANNEL_MIN <= number <= stun.CHANNEL_MAX:
+            raise Reject(400, "Channel number out of range")
+        peer = self._peer(ctx, alloc, raw_peer, msg.transaction_id)
+        bound = alloc.bindings.get(number)
+        if bound is not None and bound.peer != peer:
+            raise Reject(400, "Channel bound to another peer")
+        other = alloc.channel_of_peer(peer)
+        if other is not None and other.number != number:
+            raise Reject(400, "Peer bound to another channel")
+        ports = self.access.ports_for(ctx.listener, peer[0])
+        if ports is None or peer[1] not in ports:
+            raise self._deny(ctx, peer)
+        if bound is None and len(alloc.bindings) >= self.config.admin.max_channels_per_allocation:
+            raise Reject(508, "Channel limit reached")
+        if peer[0] not in alloc.permissions and (
+            len(alloc.permissions) >= self.config.admin.max_permissions_per_allocation
+        ):
+            raise Reject(508, "Permission limit reached")
+        cluster = self.access.cluster_for(ctx.listener, peer[0])
+        alloc.bind_channel(number, peer, cluster, now)
+        alloc.install_permission(peer[0], ports, cluster, now)
+        return []
+
+    def _send_indication(self, ctx: Context, msg: Message) -> list[Output]:
+        alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
+        raw_peer, data = msg.get(stun.ATTR_XOR_PEER_ADDRESS), msg.get(stun.ATTR_DATA)
+        if alloc is None or raw_peer is None or data is None:
+            return []
+        try:
+            peer = normalize_peer(stun.decode_xor_address(raw_peer, msg.transaction_id))
+        except StunError:
+            return []
+        perm = alloc.permissions.get(peer[0])
+        if perm is None or peer[1] not in perm.ports:
+            return []
+        perm.out_packets += 1
+        perm.out_bytes += len(data)
+        return [(alloc.relay, peer, data)]
+
+    # -- responses ----------------------------------------------------------------------------
+
+    def _response(
+        self, msg: Message, cls: int, attrs: list[tuple[int, bytes]], key: bytes | None = None
+    ) -> bytes:
+        return stun.encode_message(
+            msg.method,
+            cls,
+            msg.transaction_id,
+            attrs,
+            integrity_key=key,
+            fingerprint=msg.fingerprint_offset >= 0,
+        )
+
+    def _error(
+        self,
+        ctx: Context,
+        msg: Message,
+        code: int,
+        reason: str = "",
+        attrs: list[tuple[int, bytes]] | None = None,
+        *,
+        key: bytes | None = None,
+        quiet: bool = False,
+    ) -> bytes:
+        reason = reason or stun.REASONS.get(code, "Error")
+        if not quiet:
+            method = stun.method_name(msg.method)
+            self.events.append(ev.RequestRejected(ctx.listener, ctx.client, method, code, reason))
+        body = [(stun.ATTR_ERROR_CODE, stun.encode_error_code(code, reason)), *(attrs or [])]
+        return self._response(msg, stun.CLASS_ERROR, body, key)
+
+
+class _Resend(Reject):
+    """A retransmitted Allocate: answer with the very response it got the first time."""
+
+    def __init__(self, response: bytes) -> None:
+        super().__init__(0)
+        self.response = response
+
+
+_indication_prefix = secrets.token_bytes(4)
+_indication_count = itertools.count()
+
+
+def data_indication(peer: Addr, data: bytes) -> bytes:
+    # Indications get no answer, so their transaction ids need only differ: a counter behind a
+    # random prefix spares a getrandom() call per relayed packet.
+    tid = _indication_prefix + (next(_indication_count) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
+    attrs = [
+        (stun.ATTR_XOR_PEER_ADDRESS, stun.encode_xor_address(peer[:2], tid)),
+        (stun.ATTR_DATA, data),
+    ]
+    return stun.encode_message(stun.METHOD_DATA, stun.CLASS_INDICATION, tid, attrs)

@@ -1,0 +1,67 @@
+"""The seams between the TURN state machine and the network shell.
+
+The state machine never does I/O. It is handed opaque *sinks* (how to reach a client, a relay
+socket) and returns what to send through which sink; the shell carries it out. Relay sockets are
+opened through a `RelayFactory` because binding a port is the one thing an Allocate cannot
+finish without the operating system; tests pass a factory that only hands out numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from stunner_dp.config import ListenerConfig
+    from stunner_dp.turn.allocation import Allocation
+
+Addr = tuple[str, int]
+"""An (ip text, port) pair; IPv6 addresses from sockets may carry flow info and scope id too."""
+
+
+class Sink(Protocol):
+    """Something the shell can send a datagram or a stream frame through.
+
+    `sendto` is an attribute, not a method, so that a UDP socket's own bound `sendto` can serve
+    as it is: the hot path then costs one C call, not a Python frame and a C call."""
+
+    sendto: Callable[[bytes, Addr], object]
+
+
+class RelayHandle(Sink, Protocol):
+    """One relay transport address: a UDP socket bound in the listener's relay port range."""
+
+    @property
+    def address(self) -> Addr:
+        """The address advertised to the client in XOR-RELAYED-ADDRESS."""
+        ...
+
+    def attach(self, allocation: Allocation | None) -> None:
+        """Route datagrams that arrive on this socket to `allocation` (None detaches)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class RelayFactory(Protocol):
+    def open(
+        self, listener: ListenerConfig, family: int, *, even: bool = False, pair: bool = False
+    ) -> tuple[RelayHandle, RelayHandle | None] | None:
+        """Bind a relay port in the listener's range: an even one when `even`; with `pair` also
+        the next port (held for a later RESERVATION-TOKEN). None when no port is free."""
+        ...
+
+
+@dataclass(slots=True, frozen=True)
+class Context:
+    """Where a message came from: the listener, its transport and the client's address."""
+
+    listener: str
+    transport: str  # "udp" | "tcp" | "tls" | "dtls"
+    client: Addr
+    link: Sink  # how to answer this client (the UDP listener socket or the TCP connection)
+
+
+Output = tuple[Sink, Addr, bytes]
+"""One thing to send: through this sink, to this address, these bytes."""
