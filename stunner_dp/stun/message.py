@@ -193,8 +193,9 @@ def parse_message(data: bytes) -> Message:
         append((atype, data[vstart : vstart + alen]))
         pos = nxt
 
-    method, cls = split_message_type(msg_type)
-    return Message(method, cls, tid, attributes, data, mi_off, mi256_off, fp_off)
+    # split_message_type, inlined: this is the request path.
+    method = (msg_type & 0x000F) | ((msg_type & 0x00E0) >> 1) | ((msg_type & 0x3E00) >> 2)
+    return Message(method, msg_type & 0x0110, tid, attributes, data, mi_off, mi256_off, fp_off)
 
 
 def _attr(atype: int, value: bytes) -> bytes:
