@@ -20,22 +20,42 @@ log = get_logger("stunner")
 
 
 def stunnerd_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stunnerd", description="stunner-dp: a TURN/STUN server, "
-                                "drop-in dataplane for STUNner")
+    p = argparse.ArgumentParser(
+        prog="stunnerd", description="stunner-dp: a TURN/STUN server, drop-in dataplane for STUNner"
+    )
     p.add_argument("uri", nargs="?", help="quick start: turn://USER:PASS@ADDR:PORT?transport=udp")
-    p.add_argument("-c", "--config", help="config origin: PATH, file://PATH or http://HOST:PORT (CDS)")
-    p.add_argument("-w", "--watch", action="store_true", help="watch the origin and reconcile changes")
-    p.add_argument("-u", "--udp-thread-num", type=int, default=0, metavar="N",
-                   help="worker processes, each with its own SO_REUSEPORT sockets")
+    p.add_argument(
+        "-c", "--config", help="config origin: PATH, file://PATH or http://HOST:PORT (CDS)"
+    )
+    p.add_argument(
+        "-w", "--watch", action="store_true", help="watch the origin and reconcile changes"
+    )
+    p.add_argument(
+        "-u",
+        "--udp-thread-num",
+        type=int,
+        default=0,
+        metavar="N",
+        help="worker processes, each with its own SO_REUSEPORT sockets",
+    )
     p.add_argument("-l", "--log", default="", help="log levels, e.g. all:INFO,turn:DEBUG")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("-i", "--id", default="", help="dataplane id NAMESPACE/NAME")
     p.add_argument("-d", "--dry-run", action="store_true", help="print the effective config, exit")
     p.add_argument("--force-ready-status", action="store_true", help="stay ready while draining")
-    p.add_argument("--alternate-server", default="", metavar="HOST:PORT",
-                   help="while draining, send new Allocates there (300 Try Alternate)")
-    p.add_argument("--grace-period", type=float, default=3600.0, metavar="SECONDS",
-                   help="longest drain after SIGTERM")
+    p.add_argument(
+        "--alternate-server",
+        default="",
+        metavar="HOST:PORT",
+        help="while draining, send new Allocates there (300 Try Alternate)",
+    )
+    p.add_argument(
+        "--grace-period",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="longest drain after SIGTERM",
+    )
     p.add_argument("-v", "--version", action="version", version=f"stunner-dp {__version__}")
     return p
 
@@ -49,11 +69,22 @@ def config_from_uri(uri: str) -> dict[str, Any]:
     return {
         "version": "v1",
         "admin": {"name": "stunnerd"},
-        "auth": {"type": "static", "credentials": {
-            "username": unquote(parts.username or ""), "password": unquote(parts.password or "")}},
-        "listeners": [{"name": f"default-listener-{transport.lower()}",
-                       "protocol": f"TURN-{transport}", "address": parts.hostname,
-                       "port": parts.port or 3478, "routes": ["allow-any"]}],
+        "auth": {
+            "type": "static",
+            "credentials": {
+                "username": unquote(parts.username or ""),
+                "password": unquote(parts.password or ""),
+            },
+        },
+        "listeners": [
+            {
+                "name": f"default-listener-{transport.lower()}",
+                "protocol": f"TURN-{transport}",
+                "address": parts.hostname,
+                "port": parts.port or 3478,
+                "routes": ["allow-any"],
+            }
+        ],
         "clusters": [{"name": "allow-any", "type": "STATIC", "endpoints": ["0.0.0.0/0", "::/0"]}],
     }
 

@@ -26,8 +26,11 @@ async def serve(args: argparse.Namespace, config: StunnerConfig) -> int:
     except RuntimeError as exc:
         log.error(str(exc))
         return 1
-    log.info("stunner-dp ready", name=config.admin.name,
-             listeners={n: lst.port for n, lst in server.listeners.items()})
+    log.info(
+        "stunner-dp ready",
+        name=config.admin.name,
+        listeners={n: lst.port for n, lst in server.listeners.items()},
+    )
     await stop.wait()
     log.info("stopping")
     await server.stop()

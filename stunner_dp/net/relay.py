@@ -21,6 +21,8 @@ from stunner_dp.turn.allocation import Allocation
 from stunner_dp.turn.server import data_indication
 from stunner_dp.turn.types import Addr
 
+from .counters import ListenerCounters
+
 _pack_channel_header = struct.Struct("!HH").pack
 READ_BATCH = 64  # datagrams read per wake-up, so one busy socket cannot starve the others
 RECV_SIZE = 65536
@@ -29,7 +31,9 @@ RECV_SIZE = 65536
 def primary_address(family: int) -> str:
     """The address this host uses to reach the outside, found without sending anything (a UDP
     connect only picks a route). Used when a listener's `address` is a wildcard."""
-    probe_ip, fam = ("2001:db8::1", socket.AF_INET6) if family == FAMILY_IPV6 else ("192.0.2.1", socket.AF_INET)
+    probe_ip, fam = (
+        ("2001:db8::1", socket.AF_INET6) if family == FAMILY_IPV6 else ("192.0.2.1", socket.AF_INET)
+    )
     try:
         with socket.socket(fam, socket.SOCK_DGRAM) as probe:
             probe.connect((probe_ip, 9))
@@ -41,10 +45,20 @@ def primary_address(family: int) -> str:
 class RelaySocket:
     """One relay transport address (implements turn.types.RelayHandle)."""
 
-    __slots__ = ("_loop", "_reading", "_sock", "address", "allocation", "dropped", "sendto")
+    __slots__ = (
+        "_loop",
+        "_pool",
+        "_reading",
+        "_sock",
+        "address",
+        "allocation",
+        "dropped",
+        "sendto",
+    )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, advertised: Addr) -> None:
-        self._loop = loop
+    def __init__(self, pool: RelayPool, sock: socket.socket, advertised: Addr) -> None:
+        self._pool = pool
+        self._loop = pool.loop
         self._sock = sock
         self.address = advertised
         self.allocation: Allocation | None = None
@@ -55,7 +69,9 @@ class RelaySocket:
     def attach(self, allocation: Allocation | None) -> None:
         self.allocation = allocation
         if allocation is not None and not self._reading:
-            reader = self._on_readable_v6 if self._sock.family == socket.AF_INET6 else self._on_readable
+            reader = (
+                self._on_readable_v6 if self._sock.family == socket.AF_INET6 else self._on_readable
+            )
             self._loop.add_reader(self._sock.fileno(), reader)
             self._reading = True
 
@@ -81,7 +97,11 @@ class RelaySocket:
             chan = alloc.peer_channels.get(peer)
             if chan is not None:
                 size = len(data)
-                alloc.link.sendto(_pack_channel_header(chan.number, size) + data, alloc.client)
+                try:
+                    alloc.link.sendto(_pack_channel_header(chan.number, size) + data, alloc.client)
+                except OSError:
+                    self.dropped += 1
+                    continue
                 chan.in_packets += 1
                 chan.in_bytes += size
                 continue
@@ -104,7 +124,11 @@ class RelaySocket:
             chan = alloc.peer_channels.get(peer)
             if chan is not None:
                 size = len(data)
-                alloc.link.sendto(_pack_channel_header(chan.number, size) + data, alloc.client)
+                try:
+                    alloc.link.sendto(_pack_channel_header(chan.number, size) + data, alloc.client)
+                except OSError:
+                    self.dropped += 1
+                    continue
                 chan.in_packets += 1
                 chan.in_bytes += size
                 continue
@@ -117,14 +141,23 @@ class RelaySocket:
             return
         perm.in_packets += 1
         perm.in_bytes += len(data)
-        alloc.link.sendto(data_indication(peer, data), alloc.client)
+        indication = data_indication(peer, data)
+        counters = self._pool.counters.get(alloc.listener)
+        if counters is not None:
+            counters.tx_packets += 1
+            counters.tx_bytes += len(indication)
+        try:
+            alloc.link.sendto(indication, alloc.client)
+        except OSError:
+            self.dropped += 1
 
 
 class RelayPool:
     """Binds relay sockets for Allocate (implements turn.types.RelayFactory)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
+        self.counters: dict[str, ListenerCounters] = {}  # by listener name, for Data indications
         self._advertised: dict[tuple[str, int], str] = {}
         self._bind_ips: dict[tuple[str, int], str] = {}
         self.exhausted = 0  # Allocates that found no free port
@@ -178,8 +211,8 @@ class RelayPool:
                 if port + 1 > high or (second := _bind(af, bind_ip, port + 1)) is None:
                     first.close()
                     continue
-            relay = RelaySocket(self._loop, first, (advertised, port))
-            spare = RelaySocket(self._loop, second, (advertised, port + 1)) if second else None
+            relay = RelaySocket(self, first, (advertised, port))
+            spare = RelaySocket(self, second, (advertised, port + 1)) if second else None
             return relay, spare
         self.exhausted += 1
         return None

@@ -20,9 +20,11 @@ from stunner_dp.config import ListenerConfig, StunnerConfig, diff_configs, parse
 from stunner_dp.observe.logs import get_logger
 from stunner_dp.turn import events as ev
 from stunner_dp.turn.access import PeerAccess
+from stunner_dp.turn.allocation import Traffic
 from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Addr
 
+from .counters import ListenerCounters
 from .relay import RelayPool
 from .tcp import StreamListener
 from .udp import UdpListener, bind_udp
@@ -86,7 +88,9 @@ class Server:
         for listener in self.config.listeners:
             await self._start_listener(listener)
         if self.config.listeners and not self.listeners:
-            raise RuntimeError("no listener could start: " + "; ".join(self.failed_listeners.values()))
+            raise RuntimeError(
+                "no listener could start: " + "; ".join(self.failed_listeners.values())
+            )
         self._timer = asyncio.create_task(self._tick_forever())
         return self
 
@@ -120,15 +124,29 @@ class Server:
     async def _start_listener(self, listener: ListenerConfig) -> None:
         assert self.turn is not None and self._loop is not None
         host = self._bind_host or ("::" if ":" in listener.address else "0.0.0.0")
+        assert self.relays is not None
+        # Counters outlive a listener restart (a scrape must never see a counter go down).
+        counters = self.relays.counters.setdefault(listener.name, ListenerCounters())
         try:
             if listener.transport == "udp":
                 sock = bind_udp(host, listener.port, reuse_port=self._reuse_port)
                 self.listeners[listener.name] = UdpListener(
-                    self._loop, listener.name, sock, self.turn, self.process_events, time.time
+                    self._loop,
+                    listener.name,
+                    sock,
+                    self.turn,
+                    self.process_events,
+                    time.time,
+                    counters,
                 )
             elif listener.transport in ("tcp", "tls"):
                 stream = StreamListener(
-                    listener.name, listener.transport, self.turn, self.process_events, time.time
+                    listener.name,
+                    listener.transport,
+                    self.turn,
+                    self.process_events,
+                    time.time,
+                    counters,
                 )
                 context = tls_context(listener) if listener.transport == "tls" else None
                 stream.asyncio_server = await self._loop.create_server(
@@ -141,8 +159,11 @@ class Server:
                 )
                 self.listeners[listener.name] = stream
             else:
-                netlog.error("listener protocol not supported yet", listener=listener.name,
-                             protocol=listener.protocol)
+                netlog.error(
+                    "listener protocol not supported yet",
+                    listener=listener.name,
+                    protocol=listener.protocol,
+                )
                 self.failed_listeners[listener.name] = f"{listener.protocol} is not supported"
                 return
         except OSError as exc:
@@ -152,9 +173,14 @@ class Server:
             self.failed_listeners[listener.name] = str(error)
             return
         self.failed_listeners.pop(listener.name, None)
-        netlog.info("listener started", listener=listener.name, protocol=listener.protocol,
-                    port=self.listeners[listener.name].port, relay_address=listener.address,
-                    relay_ports=f"{listener.min_relay_port}-{listener.max_relay_port}")
+        netlog.info(
+            "listener started",
+            listener=listener.name,
+            protocol=listener.protocol,
+            port=self.listeners[listener.name].port,
+            relay_address=listener.address,
+            relay_ports=f"{listener.min_relay_port}-{listener.max_relay_port}",
+        )
 
     def _stop_listener(self, name: str) -> None:
         listener = self.listeners.pop(name, None)
@@ -183,8 +209,10 @@ class Server:
     def _warn_demo_credentials(self) -> None:
         auth = self.config.auth
         if auth.type == "static" and (auth.username, auth.password) == DEMO_CREDENTIALS:
-            log.warning("the demo credentials user-1/pass-1 are in use: "
-                        "set auth.credentials before exposing this server")
+            log.warning(
+                "the demo credentials user-1/pass-1 are in use: "
+                "set auth.credentials before exposing this server"
+            )
 
     # -- timers and events --------------------------------------------------------------------
 
@@ -198,11 +226,78 @@ class Server:
         self.turn.expire(now)
         self.process_events()
 
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of every counter, as plain data (a worker process sends it to the
+        supervisor as it is). Listener figures are wire bytes: STUN messages as sent, ChannelData
+        with its 4-byte header (stream padding not counted); cluster figures are payload bytes,
+        `rx` from peers and `tx` to peers."""
+        turn, relays = self.turn, self.relays
+        listeners: dict[str, dict[str, int]] = {}
+        clusters: dict[str, dict[str, int]] = {}
+        if turn is None or relays is None:
+            return {"allocations": 0, "listeners": listeners, "clusters": clusters}
+
+        def listener_row(name: str) -> dict[str, int]:
+            if name not in listeners:
+                c = relays.counters.get(name) or ListenerCounters()
+                lst = self.listeners.get(name)
+                streams = isinstance(lst, StreamListener)
+                listeners[name] = {
+                    "rx_packets": c.rx_packets,
+                    "rx_bytes": c.rx_bytes,
+                    "tx_packets": c.tx_packets,
+                    "tx_bytes": c.tx_bytes,
+                    "dropped": c.dropped,
+                    "connections": len(lst.connections)
+                    if isinstance(lst, StreamListener)
+                    else len(turn.allocations.get(name, {})),
+                    "connections_total": lst.connections_total
+                    if isinstance(lst, StreamListener)
+                    else c.allocations_total,
+                    "streams": int(streams),
+                }
+            return listeners[name]
+
+        def add(listener: str, t: Traffic, channel: bool) -> None:
+            row = listener_row(listener)
+            cl = clusters.setdefault(
+                t.cluster or "",
+                dict.fromkeys(("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"), 0),
+            )
+            cl["tx_packets"] += t.out_packets
+            cl["tx_bytes"] += t.out_bytes
+            cl["rx_packets"] += t.in_packets
+            cl["rx_bytes"] += t.in_bytes
+            if channel:  # Send/Data indications are already in the control counters
+                row["rx_packets"] += t.out_packets
+                row["rx_bytes"] += t.out_bytes + 4 * t.out_packets
+                row["tx_packets"] += t.in_packets
+                row["tx_bytes"] += t.in_bytes + 4 * t.in_packets
+
+        for name in relays.counters:
+            listener_row(name)
+        for (listener, _), t in turn.retired.items():
+            add(listener, t, channel=False)
+        for alloc in turn.all_allocations():
+            for t in alloc.retired.values():
+                add(alloc.listener, t, channel=False)
+            for chan in alloc.bindings.values():
+                add(alloc.listener, chan, channel=True)
+            for perm in alloc.permissions.values():
+                add(alloc.listener, perm, channel=False)
+        clusters.pop("", None)
+        return {"allocations": turn.allocation_count, "listeners": listeners, "clusters": clusters}
+
     def process_events(self) -> None:
         turn = self.turn
         if turn is None:
             return
+        assert self.relays is not None
         for event in turn.drain_events():
+            if isinstance(event, ev.AllocationCreated):
+                counters = self.relays.counters.get(event.allocation.listener)
+                if counters is not None:
+                    counters.allocations_total += 1
             log_event(event)
         if turn.allocation_count == 0:
             self.idle.set()
@@ -213,29 +308,63 @@ class Server:
 def log_event(event: ev.Event) -> None:
     match event:
         case ev.AllocationCreated(allocation=a):
-            log.info("allocation created", listener=a.listener, transport=a.transport,
-                     client=f"{a.client[0]}:{a.client[1]}", user=a.username,
-                     relay=f"{a.relay_addr[0]}:{a.relay_addr[1]}", lifetime=int(a.expires - a.created))
+            log.info(
+                "allocation created",
+                listener=a.listener,
+                transport=a.transport,
+                client=f"{a.client[0]}:{a.client[1]}",
+                user=a.username,
+                relay=f"{a.relay_addr[0]}:{a.relay_addr[1]}",
+                lifetime=int(a.expires - a.created),
+            )
         case ev.AllocationRefreshed(allocation=a, lifetime=lifetime):
-            log.info("allocation refreshed", listener=a.listener,
-                     client=f"{a.client[0]}:{a.client[1]}", user=a.username, lifetime=lifetime)
+            log.info(
+                "allocation refreshed",
+                listener=a.listener,
+                client=f"{a.client[0]}:{a.client[1]}",
+                user=a.username,
+                lifetime=lifetime,
+            )
         case ev.AllocationDeleted(allocation=a, reason=reason):
             op, ob, ip_, ib = a.totals()
-            log.info("allocation deleted", listener=a.listener, transport=a.transport,
-                     client=f"{a.client[0]}:{a.client[1]}", user=a.username,
-                     relay=f"{a.relay_addr[0]}:{a.relay_addr[1]}", reason=reason,
-                     packets_to_peers=op, bytes_to_peers=ob, packets_to_client=ip_,
-                     bytes_to_client=ib)
+            log.info(
+                "allocation deleted",
+                listener=a.listener,
+                transport=a.transport,
+                client=f"{a.client[0]}:{a.client[1]}",
+                user=a.username,
+                relay=f"{a.relay_addr[0]}:{a.relay_addr[1]}",
+                reason=reason,
+                packets_to_peers=op,
+                bytes_to_peers=ob,
+                packets_to_client=ip_,
+                bytes_to_client=ib,
+            )
         case ev.PermissionDenied(listener=listener, client=client, peer=peer, clusters=clusters):
-            log.info("permission denied: no route to endpoint", peer=f"{peer[0]}:{peer[1]}",
-                     listener=listener, client=f"{client[0]}:{client[1]}",
-                     clusters_tried=list(clusters))
+            log.info(
+                "permission denied: no route to endpoint",
+                peer=f"{peer[0]}:{peer[1]}",
+                listener=listener,
+                client=f"{client[0]}:{client[1]}",
+                clusters_tried=list(clusters),
+            )
         case ev.AuthFailed(listener=listener, client=client, username=user, reason=reason):
-            log.info("authentication failed", listener=listener,
-                     client=f"{client[0]}:{client[1]}", user=user, reason=reason)
+            log.info(
+                "authentication failed",
+                listener=listener,
+                client=f"{client[0]}:{client[1]}",
+                user=user,
+                reason=reason,
+            )
         case ev.RequestRejected(listener=listener, client=client, method=m, code=code, reason=r):
-            log.debug("request rejected", listener=listener, client=f"{client[0]}:{client[1]}",
-                      method=m, code=code, reason=r)
+            log.debug(
+                "request rejected",
+                listener=listener,
+                client=f"{client[0]}:{client[1]}",
+                method=m,
+                code=code,
+                reason=r,
+            )
 
 
 def tls_context(listener: ListenerConfig) -> ssl.SSLContext:

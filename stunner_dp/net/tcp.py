@@ -11,6 +11,8 @@ from stunner_dp import stun
 from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Addr, Context
 
+from .counters import ListenerCounters
+
 MAX_FRAME = 65536 + 4
 WRITE_BUFFER_LIMIT = 1 << 20  # past this a slow client loses media, not the server's memory
 
@@ -25,6 +27,7 @@ class StreamListener:
         server: TurnServer,
         on_events: Callable[[], None],
         now: Callable[[], float],
+        counters: ListenerCounters,
     ) -> None:
         self.name = name
         self.transport = transport
@@ -33,11 +36,7 @@ class StreamListener:
         self.now = now
         self.connections: set[StreamConnection] = set()
         self.connections_total = 0
-        self.rx_packets = 0
-        self.rx_bytes = 0
-        self.tx_packets = 0
-        self.tx_bytes = 0
-        self.dropped = 0
+        self.counters = counters
         self.asyncio_server: asyncio.Server | None = None
         server.allocations.setdefault(name, {})
 
@@ -88,7 +87,7 @@ class StreamConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
-            self.listener.dropped += 1
+            self.listener.counters.dropped += 1
             return
         transport.write(data)
         if len(data) & 3:  # ChannelData over a stream is padded to 4 bytes (RFC 8656 12.5)
@@ -116,16 +115,16 @@ class StreamConnection(asyncio.Protocol):
             if 0x40 <= frame[0] <= 0x4F:
                 outputs = server.handle_channel_data(ctx, frame)
             else:
-                listener.rx_packets += 1
-                listener.rx_bytes += size
+                listener.counters.rx_packets += 1
+                listener.counters.rx_bytes += size
                 outputs = server.handle_stun(ctx, frame, listener.now())
             for sink, addr, payload in outputs:
-                if sink is self and not 0x40 <= payload[0] <= 0x4F:
-                    listener.tx_packets += 1
-                    listener.tx_bytes += len(payload)
+                if sink is self:  # a STUN answer; media to the peer goes via the relay
+                    listener.counters.tx_packets += 1
+                    listener.counters.tx_bytes += len(payload)
                 try:
                     sink.sendto(payload, addr)
                 except OSError:
-                    listener.dropped += 1
+                    listener.counters.dropped += 1
         if server.events:
             listener.on_events()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Addr, Context, Output
 
+from .counters import ListenerCounters
 from .relay import READ_BATCH, RECV_SIZE
 
 
@@ -43,6 +44,7 @@ class UdpListener:
         server: TurnServer,
         on_events: Callable[[], None],
         now: Callable[[], float],
+        counters: ListenerCounters,
     ) -> None:
         self.name = name
         self.transport = "udp"
@@ -52,12 +54,7 @@ class UdpListener:
         self._on_events = on_events
         self._now = now
         self.sendto: Callable[[bytes, Addr], object] = sock.sendto  # the Sink for our clients
-        # Control-plane counters (media is counted on the allocations' channels).
-        self.rx_packets = 0
-        self.rx_bytes = 0
-        self.tx_packets = 0
-        self.tx_bytes = 0
-        self.dropped = 0
+        self.counters = counters
         self._table = server.allocations.setdefault(name, {})
         ipv6 = sock.family == socket.AF_INET6
         loop.add_reader(sock.fileno(), self._on_readable_v6 if ipv6 else self._on_readable)
@@ -89,12 +86,12 @@ class UdpListener:
                         try:
                             alloc.relay.sendto(data[4 : 4 + size], chan.peer)
                         except OSError:
-                            self.dropped += 1  # send buffer full or peer unreachable
+                            self.counters.dropped += 1  # send buffer full or peer unreachable
                             continue
                         chan.out_packets += 1
                         chan.out_bytes += size
                         continue
-                self.dropped += 1
+                self.counters.dropped += 1
                 continue
             self._slow_path(data, client)
 
@@ -117,8 +114,9 @@ class UdpListener:
                 self._slow_path(data, client)
 
     def _slow_path(self, data: bytes, client: Addr) -> None:
-        self.rx_packets += 1
-        self.rx_bytes += len(data)
+        counters = self.counters
+        counters.rx_packets += 1
+        counters.rx_bytes += len(data)
         ctx = Context(self.name, "udp", client, self)
         self._send_all(self._server.handle_stun(ctx, data, self._now()))
         if self._server.events:
@@ -127,9 +125,9 @@ class UdpListener:
     def _send_all(self, outputs: list[Output]) -> None:
         for sink, addr, payload in outputs:
             if sink is self:
-                self.tx_packets += 1
-                self.tx_bytes += len(payload)
+                self.counters.tx_packets += 1
+                self.counters.tx_bytes += len(payload)
             try:
                 sink.sendto(payload, addr)
             except OSError:
-                self.dropped += 1  # the kernel refused one datagram: UDP drops it
+                self.counters.dropped += 1  # the kernel refused one datagram: UDP drops it

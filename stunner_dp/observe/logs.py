@@ -9,13 +9,20 @@ from typing import Any
 import structlog
 
 SCOPES = ("stunner", "turn", "config", "net", "cds", "metrics")
-_LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO,
-           "WARN": logging.WARNING, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
-           "DISABLE": logging.CRITICAL + 10, "NONE": logging.CRITICAL + 10}
+_LEVELS = {
+    "TRACE": logging.DEBUG,
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARN": logging.WARNING,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+    "DISABLE": logging.CRITICAL + 10,
+    "NONE": logging.CRITICAL + 10,
+}
 
 
 def parse_levels(spec: str) -> dict[str, int]:
-    """"all:INFO,turn:DEBUG" -> {"all": INFO, "turn": DEBUG}. Unknown levels raise ValueError."""
+    """ "all:INFO,turn:DEBUG" -> {"all": INFO, "turn": DEBUG}. Unknown levels raise ValueError."""
     levels: dict[str, int] = {"all": logging.INFO}
     for item in filter(None, (part.strip() for part in spec.split(","))):
         scope, _, level = item.rpartition(":")

@@ -67,7 +67,9 @@ class Credentials:
         self._auth = auth
         # A static key never changes: compute it once, not per request.
         self._static_key = (
-            long_term_key(auth.username, auth.realm, auth.password) if auth.type == "static" else b""
+            long_term_key(auth.username, auth.realm, auth.password)
+            if auth.type == "static"
+            else b""
         )
 
     def lookup(self, username: str, now: float) -> KeyLookup:
@@ -98,7 +100,7 @@ class Nonces:
         return base64.urlsafe_b64encode(stamp + self._mac(stamp)).decode().rstrip("=")
 
     def check(self, nonce: str, now: float) -> str:
-        """"ok", "stale" (genuine but older than NONCE_LIFETIME) or "invalid"."""
+        """ "ok", "stale" (genuine but older than NONCE_LIFETIME) or "invalid"."""
         if len(nonce) != 22:
             return "invalid"
         try:

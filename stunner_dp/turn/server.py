@@ -236,10 +236,18 @@ class TurnServer:
         unknown = [t for t, _ in msg.attributes if t < 0x8000 and t not in stun.KNOWN_ATTRIBUTES]
         if unknown:
             return self._error(
-                ctx, msg, 420, attrs=[(stun.ATTR_UNKNOWN_ATTRIBUTES, stun.encode_unknown_attributes(unknown))]
+                ctx,
+                msg,
+                420,
+                attrs=[(stun.ATTR_UNKNOWN_ATTRIBUTES, stun.encode_unknown_attributes(unknown))],
             )
         if msg.method == stun.METHOD_BINDING:
-            attrs = [(stun.ATTR_XOR_MAPPED_ADDRESS, stun.encode_xor_address(ctx.client[:2], msg.transaction_id))]
+            attrs = [
+                (
+                    stun.ATTR_XOR_MAPPED_ADDRESS,
+                    stun.encode_xor_address(ctx.client[:2], msg.transaction_id),
+                )
+            ]
             return self._response(msg, stun.CLASS_SUCCESS, attrs)
         handler = self._handlers.get(msg.method)
         if handler is None:
@@ -322,7 +330,10 @@ class TurnServer:
         if stun.decode_requested_transport(raw_transport) != stun.TRANSPORT_UDP:
             raise Reject(442)
         if self.draining and self.alternate_server is not None:
-            raise Reject(300, attrs=[(stun.ATTR_ALTERNATE_SERVER, stun.encode_address(self.alternate_server))])
+            raise Reject(
+                300,
+                attrs=[(stun.ATTR_ALTERNATE_SERVER, stun.encode_address(self.alternate_server))],
+            )
         raw_even = msg.get(stun.ATTR_EVEN_PORT)
         token = msg.get(stun.ATTR_RESERVATION_TOKEN)
         raw_family = msg.get(stun.ATTR_REQUESTED_ADDRESS_FAMILY)
@@ -339,7 +350,12 @@ class TurnServer:
             if stun.decode_family(raw_additional) != stun.FAMILY_IPV6:
                 raise Reject(400, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")
             if family != stun.FAMILY_IPV6:  # one relay family per listener: say so, go on
-                extra.append((stun.ATTR_ADDRESS_ERROR_CODE, stun.encode_address_error_code(stun.FAMILY_IPV6, 440)))
+                extra.append(
+                    (
+                        stun.ATTR_ADDRESS_ERROR_CODE,
+                        stun.encode_address_error_code(stun.FAMILY_IPV6, 440),
+                    )
+                )
         quser = quota_user(auth.username, self.credentials.type)
         quota = self.config.admin.user_quota
         if quota and self.user_allocations[quser] >= quota:
@@ -380,15 +396,25 @@ class TurnServer:
         table[ctx.client] = alloc
         self.user_allocations[quser] += 1
         attrs = [
-            (stun.ATTR_XOR_RELAYED_ADDRESS, stun.encode_xor_address(relay.address[:2], msg.transaction_id)),
+            (
+                stun.ATTR_XOR_RELAYED_ADDRESS,
+                stun.encode_xor_address(relay.address[:2], msg.transaction_id),
+            ),
             (stun.ATTR_LIFETIME, stun.encode_u32(lifetime)),
         ]
         if new_token is not None:
             attrs.append((stun.ATTR_RESERVATION_TOKEN, new_token))
-        attrs.append((stun.ATTR_XOR_MAPPED_ADDRESS, stun.encode_xor_address(ctx.client[:2], msg.transaction_id)))
+        attrs.append(
+            (
+                stun.ATTR_XOR_MAPPED_ADDRESS,
+                stun.encode_xor_address(ctx.client[:2], msg.transaction_id),
+            )
+        )
         attrs.extend(extra)
         software = [(stun.ATTR_SOFTWARE, self.software.encode())] if self.software else []
-        alloc.success_response = self._response(msg, stun.CLASS_SUCCESS, attrs + software, key=auth.key)
+        alloc.success_response = self._response(
+            msg, stun.CLASS_SUCCESS, attrs + software, key=auth.key
+        )
         self.events.append(ev.AllocationCreated(alloc))
         return attrs
 
@@ -406,7 +432,9 @@ class TurnServer:
     ) -> list[tuple[int, bytes]]:
         alloc = self._allocation(ctx, auth)
         raw_family = msg.get(stun.ATTR_REQUESTED_ADDRESS_FAMILY)
-        if raw_family is not None and stun.decode_family(raw_family) != address_family(alloc.relay_addr[0]):
+        if raw_family is not None and stun.decode_family(raw_family) != address_family(
+            alloc.relay_addr[0]
+        ):
             raise Reject(443)
         lifetime = self._lifetime(msg, initial=False)
         if lifetime == 0:
