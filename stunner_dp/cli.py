@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import signal
 import sys
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit

@@ -8,8 +8,8 @@ finish without the operating system; tests pass a factory that only hands out nu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
