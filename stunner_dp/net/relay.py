@@ -207,10 +207,9 @@ class RelayPool:
             if first is None:
                 continue
             second = None
-            if pair:
-                if port + 1 > high or (second := _bind(af, bind_ip, port + 1)) is None:
-                    first.close()
-                    continue
+            if pair and (port + 1 > high or (second := _bind(af, bind_ip, port + 1)) is None):
+                first.close()
+                continue
             relay = RelaySocket(self, first, (advertised, port))
             spare = RelaySocket(self, second, (advertised, port + 1)) if second else None
             return relay, spare
