@@ -21,6 +21,7 @@ from stunner_dp.turn import events as ev
 from stunner_dp.turn.access import PeerAccess
 from stunner_dp.turn.allocation import Allocation, Traffic
 from stunner_dp.turn.auth import Credentials, Nonces, quota_user
+from stunner_dp.turn.ratelimit import AuthFailureLimiter, UnauthLimiter
 from stunner_dp.turn.types import Addr, Context, Output, RelayFactory, RelayHandle
 
 DEFAULT_LIFETIME = 600
@@ -61,8 +62,10 @@ def address_family(ip: str) -> int:
 def normalize_peer(addr: Addr) -> Addr:
     """An IPv4-mapped IPv6 peer (::ffff:a.b.c.d) is that IPv4 peer, for rules and for sending."""
     ip = addr[0]
-    if ip.startswith("::ffff:") and "." in ip:
-        return (ip[7:], addr[1])
+    if ip.startswith("::ffff:"):  # the codec writes them in hex: ::ffff:7f00:1
+        mapped = ipaddress.IPv6Address(ip).ipv4_mapped
+        if mapped is not None:
+            return (str(mapped), addr[1])
     return addr
 
 
@@ -92,6 +95,14 @@ class TurnServer:
         self.retired: dict[tuple[str, str], Traffic] = {}  # (listener, cluster) -> counts of gone
         self.events: list[ev.Event] = []
         self.malformed = 0
+        # abuse counters, plain ints for the metrics: requests dropped by the per-IP limit on
+        # unauthenticated answers, failed authentications, 401s sent unchecked to a locked user
+        self.rate_limited = 0
+        self.auth_failures = 0
+        self.auth_locked = 0
+        self._authenticated = False  # did the request being handled pass authentication?
+        self.unauth_limiter = UnauthLimiter(config.admin.unauth_rate_per_ip)
+        self.auth_limiter = AuthFailureLimiter(config.admin.auth_failures_per_user)
         self._handlers: dict[int, Handler] = {
             stun.METHOD_ALLOCATE: self._allocate,
             stun.METHOD_REFRESH: self._refresh,
@@ -113,6 +124,10 @@ class TurnServer:
         self.credentials = Credentials(config.auth)
         self.access = access or PeerAccess.from_config(config)
         self._listeners = {listener.name: listener for listener in config.listeners}
+        if self.unauth_limiter.rate != config.admin.unauth_rate_per_ip:
+            self.unauth_limiter = UnauthLimiter(config.admin.unauth_rate_per_ip)
+        if self.auth_limiter.limit != config.admin.auth_failures_per_user:
+            self.auth_limiter = AuthFailureLimiter(config.admin.auth_failures_per_user)
         for name in [n for n in self.allocations if n not in self._listeners]:
             for alloc in list(self.allocations[name].values()):
                 self.delete(alloc, "listener removed")
@@ -140,7 +155,20 @@ class TurnServer:
             self.malformed += 1
             return []
         if msg.cls == stun.CLASS_REQUEST:
-            return [(ctx.link, ctx.client, self._request(ctx, msg, now))]
+            # Answers to unauthenticated requests are rate limited per source IP, so a spoofed
+            # source cannot make us a reflector: unsigned requests pay before any work, signed
+            # ones only when they fail authentication.
+            signed = msg.has(stun.ATTR_MESSAGE_INTEGRITY)
+            if not signed and not self.unauth_limiter.allow(ctx.client[0], now):
+                self.rate_limited += 1
+                return []
+            self._authenticated = False
+            response = self._request(ctx, msg, now)
+            if signed and not self._authenticated:
+                if not self.unauth_limiter.allow(ctx.client[0], now):
+                    self.rate_limited += 1
+                    return []
+            return [(ctx.link, ctx.client, response)]
         if msg.cls == stun.CLASS_INDICATION and msg.method == stun.METHOD_SEND:
             return self._send_indication(ctx, msg)
         return []  # responses, and indications a server never acts on
@@ -287,10 +315,18 @@ class TurnServer:
         state = self.nonces.check(nonce, now)
         if state != "ok":
             return self._challenge(ctx, msg, 438, now)
+        quser = quota_user(username, self.credentials.type)
+        if self.auth_limiter.locked(quser, ctx.client[0], now):
+            self.auth_locked += 1  # too many failures for this user: 401, key not checked
+            return self._challenge(ctx, msg, 401, now)
         found = self.credentials.lookup(username, now)
         reason = found.reason
         if found.key is not None and msg.check_integrity(found.key):
+            self.auth_limiter.succeeded(quser, ctx.client[0], now)
+            self._authenticated = True
             return Authenticated(username, found.key)
+        self.auth_failures += 1
+        self.auth_limiter.failed(quser, now)
         if not reason:
             reason = "realm mismatch" if client_realm != realm else "wrong password"
         self.events.append(ev.AuthFailed(ctx.listener, ctx.client, username, reason))
