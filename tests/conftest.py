@@ -1,0 +1,15 @@
+"""Shared test setup. The `turn_server` fixture and its helpers come from the stunner_dp.testing
+plugin (registered through the pytest11 entry point)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+# Helper modules used by several test folders (e.g. tests/net/turnclient.py).
+for helper_dir in (TESTS / "net",):
+    if str(helper_dir) not in sys.path:
+        sys.path.insert(0, str(helper_dir))
