@@ -62,7 +62,7 @@ class StreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client: Addr = ("", 0)
         self.ctx: Context | None = None
-        self.sendto: Callable[[bytes, Addr], object] = self._write
+        self.sendto: Callable[[bytes | memoryview, Addr], object] = self._write
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -82,7 +82,10 @@ class StreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def _write(self, data: bytes, addr: Addr) -> None:
+    def _write(self, data: bytes | memoryview, addr: Addr) -> None:
+        # The relay hot path hands us a view of its shared receive buffer; a transport may
+        # queue what it cannot send at once, so it must get bytes of its own.
+        data = bytes(data)
         transport = self.transport
         if transport is None or transport.is_closing():
             return

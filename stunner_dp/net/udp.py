@@ -53,9 +53,13 @@ class UdpListener:
         self._server = server
         self._on_events = on_events
         self._now = now
-        self.sendto: Callable[[bytes, Addr], object] = sock.sendto  # the Sink for our clients
+        self.sendto: Callable[[bytes | memoryview, Addr], object] = (
+            sock.sendto
+        )  # the Sink for our clients
         self.counters = counters
         self._table = server.allocations.setdefault(name, {})
+        self._buffer = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buffer)
         ipv6 = sock.family == socket.AF_INET6
         loop.add_reader(sock.fileno(), self._on_readable_v6 if ipv6 else self._on_readable)
 
@@ -68,23 +72,26 @@ class UdpListener:
         self._sock.close()
 
     def _on_readable(self) -> None:
-        recvfrom = self._sock.recvfrom
+        # recvfrom_into a buffer we own: recvfrom(n) would allocate n bytes per datagram and
+        # shrink them; here the payload is sent on as a memoryview slice, never copied.
+        recvfrom_into = self._sock.recvfrom_into
+        buf, view = self._buffer, self._view
         table = self._table
         for _ in range(READ_BATCH):
             try:
-                data, client = recvfrom(RECV_SIZE)
+                nbytes, client = recvfrom_into(buf)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 continue
-            if len(data) >= 4 and 0x40 <= data[0] <= 0x4F:
+            if nbytes >= 4 and 0x40 <= buf[0] <= 0x4F:
                 alloc = table.get(client)
                 if alloc is not None:
-                    chan = alloc.channels.get((data[0] << 8) | data[1])
-                    size = (data[2] << 8) | data[3]
-                    if chan is not None and size <= len(data) - 4:
+                    chan = alloc.channels.get((buf[0] << 8) | buf[1])
+                    size = (buf[2] << 8) | buf[3]
+                    if chan is not None and size <= nbytes - 4:
                         try:
-                            alloc.relay.sendto(data[4 : 4 + size], chan.peer)
+                            alloc.relay.sendto(view[4 : 4 + size], chan.peer)
                         except OSError:
                             self.counters.dropped += 1  # send buffer full or peer unreachable
                             continue
@@ -93,7 +100,7 @@ class UdpListener:
                         continue
                 self.counters.dropped += 1
                 continue
-            self._slow_path(data, client)
+            self._slow_path(bytes(view[:nbytes]), client)
 
     def _on_readable_v6(self) -> None:
         # IPv6 sockets report (host, port, flowinfo, scope_id); tables key on (host, port).

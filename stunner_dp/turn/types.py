@@ -26,7 +26,7 @@ class Sink(Protocol):
     `sendto` is an attribute, not a method, so that a UDP socket's own bound `sendto` can serve
     as it is: the hot path then costs one C call, not a Python frame and a C call."""
 
-    sendto: Callable[[bytes, Addr], object]
+    sendto: Callable[[bytes | memoryview, Addr], object]
 
 
 class RelayHandle(Sink, Protocol):
