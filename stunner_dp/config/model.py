@@ -37,6 +37,8 @@ class AdminConfig:
     max_allocations: int = 0  # global cap on live allocations
     max_permissions_per_allocation: int = 64
     max_channels_per_allocation: int = 64
+    unauth_rate_per_ip: int = 100  # unauthenticated answers per second per source IP
+    auth_failures_per_user: int = 10  # failed authentications per user per minute
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +50,8 @@ class AdminConfig:
             "max_allocations": self.max_allocations,
             "max_permissions_per_allocation": self.max_permissions_per_allocation,
             "max_channels_per_allocation": self.max_channels_per_allocation,
+            "unauth_rate_per_ip": self.unauth_rate_per_ip,
+            "auth_failures_per_user": self.auth_failures_per_user,
         }
 
 

@@ -120,6 +120,12 @@ def _admin(m: Mapping[str, Any]) -> AdminConfig:
         max_channels_per_allocation=count(
             "max_channels_per_allocation", d.max_channels_per_allocation, "the channel cap"
         ),
+        unauth_rate_per_ip=count(
+            "unauth_rate_per_ip", d.unauth_rate_per_ip, "the unauthenticated answer rate per IP"
+        ),
+        auth_failures_per_user=count(
+            "auth_failures_per_user", d.auth_failures_per_user, "the failed-login limit per user"
+        ),
     )
 
 

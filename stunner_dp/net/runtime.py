@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import ssl
 import tempfile
 import time
@@ -91,6 +92,7 @@ class Server:
             raise RuntimeError(
                 "no listener could start: " + "; ".join(self.failed_listeners.values())
             )
+        check_fd_limit(self.config)
         self._timer = asyncio.create_task(self._tick_forever())
         return self
 
@@ -365,6 +367,48 @@ def log_event(event: ev.Event) -> None:
                 code=code,
                 reason=r,
             )
+
+
+FD_RESERVE = 64  # descriptors kept back for logs, metrics, health checks, DNS and accepts
+
+
+def allocations_fd_allows() -> tuple[int, int] | None:
+    """(open-file soft limit, allocations it leaves room for): one relay socket per UDP
+    allocation, after what is open now (listeners included) and FD_RESERVE. None when
+    unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 0
+    return soft, max(0, soft - in_use - FD_RESERVE)
+
+
+def check_fd_limit(config: StunnerConfig) -> int | None:
+    """Log how many allocations the open-file limit allows; warn when that is fewer than the
+    config could hold (its allocation cap, else its relay ports). Returns the number."""
+    found = allocations_fd_allows()
+    if found is None:
+        return None
+    limit, allows = found
+    ports: set[int] = set()
+    for lis in config.listeners:
+        ports.update(range(lis.min_relay_port, lis.max_relay_port + 1))
+    wanted = len(ports)
+    if config.admin.max_allocations:
+        wanted = min(wanted, config.admin.max_allocations)
+    fields = {"nofile": limit, "allocations": allows, "relay_ports": len(ports)}
+    if allows < wanted:
+        netlog.warning(
+            "open-file limit allows fewer allocations than configured (TCP/TLS ones take two "
+            "descriptors); raise it with `ulimit -n` or LimitNOFILE",
+            **fields,
+        )
+    else:
+        netlog.info("open-file limit", **fields)
+    return allows
 
 
 def tls_context(listener: ListenerConfig) -> ssl.SSLContext:

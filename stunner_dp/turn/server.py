@@ -164,10 +164,10 @@ class TurnServer:
                 return []
             self._authenticated = False
             response = self._request(ctx, msg, now)
-            if signed and not self._authenticated:
-                if not self.unauth_limiter.allow(ctx.client[0], now):
-                    self.rate_limited += 1
-                    return []
+            failed = signed and not self._authenticated
+            if failed and not self.unauth_limiter.allow(ctx.client[0], now):
+                self.rate_limited += 1
+                return []
             return [(ctx.link, ctx.client, response)]
         if msg.cls == stun.CLASS_INDICATION and msg.method == stun.METHOD_SEND:
             return self._send_indication(ctx, msg)
@@ -507,7 +507,8 @@ class TurnServer:
                 raise self._deny(ctx, peer)
             grants.append((peer[0], ports, self.access.cluster_for(ctx.listener, peer[0])))
         fresh = {ip for ip, _, _ in grants if ip not in alloc.permissions}
-        if len(alloc.permissions) + len(fresh) > self.config.admin.max_permissions_per_allocation:
+        cap = self.config.admin.max_permissions_per_allocation  # 0: unlimited
+        if cap and len(alloc.permissions) + len(fresh) > cap:
             raise Reject(508, "Permission limit reached")
         for ip, ports, cluster in grants:
             alloc.install_permission(ip, ports, cluster, now)
@@ -534,11 +535,11 @@ class TurnServer:
         ports = self.access.ports_for(ctx.listener, peer[0])
         if ports is None or peer[1] not in ports:
             raise self._deny(ctx, peer)
-        if bound is None and len(alloc.bindings) >= self.config.admin.max_channels_per_allocation:
+        max_channels = self.config.admin.max_channels_per_allocation  # 0: unlimited
+        if bound is None and max_channels and len(alloc.bindings) >= max_channels:
             raise Reject(508, "Channel limit reached")
-        if peer[0] not in alloc.permissions and (
-            len(alloc.permissions) >= self.config.admin.max_permissions_per_allocation
-        ):
+        max_perms = self.config.admin.max_permissions_per_allocation
+        if peer[0] not in alloc.permissions and max_perms and len(alloc.permissions) >= max_perms:
             raise Reject(508, "Permission limit reached")
         cluster = self.access.cluster_for(ctx.listener, peer[0])
         alloc.bind_channel(number, peer, cluster, now)
