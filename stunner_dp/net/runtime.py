@@ -192,15 +192,16 @@ class Server:
 
     # -- reconfiguration ----------------------------------------------------------------------
 
-    async def apply(self, config: StunnerConfig) -> None:
-        """Make `config` the running config, touching only what changed."""
+    async def apply(self, config: StunnerConfig, access: PeerAccess | None = None) -> None:
+        """Make `config` the running config, touching only what changed. `access`: the peer
+        rules to use when the caller built them (with STRICT_DNS answers); else from `config`."""
         assert self.turn is not None
         old = self.config
         diff = diff_configs(old, config)
         for name in (*diff.listeners_to_stop, *diff.listeners_to_restart):
             self._stop_listener(name)
         self.config = config
-        self.turn.update_config(config, PeerAccess.from_config(config))
+        self.turn.update_config(config, access or PeerAccess.from_config(config))
         for name in (*diff.listeners_to_restart, *diff.listeners_to_start):
             listener = config.listener(name)
             if listener is not None:
