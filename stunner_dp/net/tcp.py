@@ -115,7 +115,7 @@ class StreamConnection(asyncio.Protocol):
                 return
             frame = bytes(buf[:size])
             del buf[:size]
-            if 0x40 <= frame[0] <= 0x4F:
+            if 0x40 <= frame[0] <= 0x7F:
                 outputs = server.handle_channel_data(ctx, frame)
             else:
                 listener.counters.rx_packets += 1

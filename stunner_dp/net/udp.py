@@ -84,7 +84,7 @@ class UdpListener:
                 return
             except OSError:
                 continue
-            if nbytes >= 4 and 0x40 <= buf[0] <= 0x4F:
+            if nbytes >= 4 and 0x40 <= buf[0] <= 0x7F:
                 alloc = table.get(client)
                 if alloc is not None:
                     chan = alloc.channels.get((buf[0] << 8) | buf[1])
@@ -114,7 +114,7 @@ class UdpListener:
             except OSError:
                 continue
             client = (client6[0], client6[1])
-            if len(data) >= 4 and 0x40 <= data[0] <= 0x4F:
+            if len(data) >= 4 and 0x40 <= data[0] <= 0x7F:
                 ctx = Context(self.name, "udp", client, self)
                 self._send_all(self._server.handle_channel_data(ctx, data))
             else:

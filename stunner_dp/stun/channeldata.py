@@ -19,8 +19,10 @@ def is_channel_data(data: bytes) -> bool:
 
 
 @only_stun_errors
-def parse_channel_data(data: bytes) -> tuple[int, bytes]:
+def parse_channel_data(data: bytes, max_channel: int = CHANNEL_MAX) -> tuple[int, bytes]:
     """Return ``(channel, payload)``; raises only :class:`StunError`.
+
+    ``max_channel=0x7FFF`` accepts the RFC 5766 channel range too.
 
     Bytes after the payload are accepted only up to the 4-byte padding
     boundary (UDP peers MAY pad, RFC 8656 12.5); anything longer is garbage.
@@ -29,7 +31,7 @@ def parse_channel_data(data: bytes) -> tuple[int, bytes]:
     if n < 4:
         raise StunError("ChannelData shorter than its header")
     channel, length = _CD_HEADER.unpack_from(data)
-    if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+    if not CHANNEL_MIN <= channel <= max_channel:
         raise StunError(f"channel number 0x{channel:04X} out of range")
     if length > n - 4:
         raise StunError("ChannelData length exceeds the datagram")
@@ -38,9 +40,11 @@ def parse_channel_data(data: bytes) -> tuple[int, bytes]:
     return channel, bytes(data[4 : 4 + length])
 
 
-def encode_channel_data(channel: int, payload: bytes, *, pad: bool = False) -> bytes:
+def encode_channel_data(
+    channel: int, payload: bytes, *, pad: bool = False, max_channel: int = CHANNEL_MAX
+) -> bytes:
     """Frame ``payload``; ``pad=True`` for stream transports, where padding is mandatory."""
-    if not CHANNEL_MIN <= channel <= CHANNEL_MAX:
+    if not CHANNEL_MIN <= channel <= max_channel:
         raise ValueError(f"channel number 0x{channel:04X} out of range")
     n = len(payload)
     if n > 0xFFFF:

@@ -27,6 +27,9 @@ from stunner_dp.turn.types import Addr, Context, Output, RelayFactory, RelayHand
 DEFAULT_LIFETIME = 600
 MAX_LIFETIME = 3600
 RESERVATION_LIFETIME = 30.0
+# RFC 8656 narrowed channel numbers to 0x4000-0x4FFF; RFC 5766 clients (coturn's uclient among
+# them) pick from 0x4000-0x7FFF, and pion/turn (STUNner), coturn and libwebrtc accept it all.
+CHANNEL_MAX = 0x7FFF
 
 
 class Reject(Exception):
@@ -178,7 +181,7 @@ class TurnServer:
         if alloc is None:
             return []
         try:
-            number, payload = stun.parse_channel_data(data)
+            number, payload = stun.parse_channel_data(data, CHANNEL_MAX)
         except StunError:
             self.malformed += 1
             return []
@@ -194,7 +197,9 @@ class TurnServer:
         if chan is not None:
             chan.in_packets += 1
             chan.in_bytes += len(data)
-            frame = stun.encode_channel_data(chan.number, data, pad=alloc.transport != "udp")
+            frame = stun.encode_channel_data(
+                chan.number, data, pad=alloc.transport != "udp", max_channel=CHANNEL_MAX
+            )
             return [(alloc.link, alloc.client, frame)]
         perm = alloc.permissions.get(peer[0])
         if perm is None or peer[1] not in perm.ports:
@@ -523,7 +528,7 @@ class TurnServer:
         if raw_number is None or raw_peer is None:
             raise Reject(400, "Missing CHANNEL-NUMBER or XOR-PEER-ADDRESS")
         number = stun.decode_channel_number(raw_number)
-        if not stun.CHANNEL_MIN <= number <= stun.CHANNEL_MAX:
+        if not stun.CHANNEL_MIN <= number <= CHANNEL_MAX:
             raise Reject(400, "Channel number out of range")
         peer = self._peer(ctx, alloc, raw_peer, msg.transaction_id)
         bound = alloc.bindings.get(number)
