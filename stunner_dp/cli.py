@@ -13,6 +13,7 @@ import yaml
 from stunner_dp import __version__
 from stunner_dp.config import ConfigError, StunnerConfig, load_config_file, parse_config
 from stunner_dp.observe.logs import configure_logging, get_logger
+from stunner_dp.origin import is_cds_origin
 
 log = get_logger("stunner")
 
@@ -92,9 +93,11 @@ def load_initial_config(args: argparse.Namespace) -> StunnerConfig | None:
     if args.uri:
         return parse_config(config_from_uri(args.uri))
     origin = args.config or os.environ.get("STUNNER_CONFIG_ORIGIN", "")
+    if not origin and args.watch:
+        return None  # the default CDS origin, as stunnerd (see daemon.options_from_args)
     if not origin:
         raise ConfigError("--config", "", "a config file (-c PATH), a CDS URL or a turn:// URI")
-    if origin.startswith(("http://", "https://", "ws://", "wss://")) or origin.startswith(":"):
+    if is_cds_origin(origin):
         return None
     return load_config_file(origin)
 

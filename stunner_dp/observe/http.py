@@ -124,8 +124,6 @@ class HttpEndpoints:
             await runner.cleanup()
             raise
         site = _Site(runner)
-        server = tcp._server  # the asyncio server, to learn the bound port
-        sockets = getattr(server, "sockets", None) or ()
-        site.port = int(sockets[0].getsockname()[1]) if sockets else port
+        site.port = int(runner.addresses[0][1]) if runner.addresses else port
         holder.append(site)
         return site
