@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import cast
 
 from stunner_dp import stun
 from stunner_dp.turn.server import TurnServer
@@ -65,8 +66,8 @@ class StreamConnection(asyncio.Protocol):
         self.sendto: Callable[[bytes | memoryview, Addr], object] = self._write
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # not an isinstance check: uvloop's TCPTransport does not derive from asyncio.Transport
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.client = (str(peer[0]), int(peer[1]))
         self.ctx = Context(self.listener.name, self.listener.transport, self.client, self)
