@@ -1,0 +1,311 @@
+"""Prometheus metrics: read at scrape time from a stats snapshot, served over HTTP.
+
+The packet path counts in plain integers (see `Server.stats()`); nothing here runs per packet.
+A scrape calls the snapshot function once and turns the plain data into metric families, so
+one collector serves a single server (`Server.stats`) and a supervisor summing its workers
+(`Supervisor.stats`) alike.
+
+What each metric means (all counters are monotonic over the life of the process; a listener
+restarted by a reconfiguration keeps its counters):
+
+``stunner_listener_packets_total{name,direction}``, ``stunner_listener_bytes_total{...}``
+    What crossed the listener's socket(s) between clients and this server: every STUN
+    message (requests, responses, Send and Data indications) and every relayed ChannelData
+    message. Bytes are wire bytes: a STUN message as sent, a ChannelData message with its
+    4-byte header (the stream padding of TCP/TLS is not counted). ``rx`` is from clients,
+    ``tx`` to clients. Datagrams dropped before the state machine saw them are not counted
+    here (see ``stunner_listener_dropped_packets_total``).
+``stunner_listener_connections_total{name}``
+    TCP/TLS: connections accepted. UDP: allocations created (a UDP "connection" is an
+    allocation, as STUNner counts it).
+``stunner_listener_connections{name}``
+    TCP/TLS: open connections. UDP: live allocations.
+``stunner_listener_dropped_packets_total{name}``
+    Packets from clients or towards them that were thrown away: ChannelData for an unknown
+    channel or client, a datagram the kernel refused, a slow TCP client's overflow.
+``stunner_cluster_packets_total{name,direction}``, ``stunner_cluster_bytes_total{...}``
+    Relayed payload between clients and the peers of a cluster (by the cluster whose
+    endpoint let the peer in): ``tx`` towards peers, ``rx`` from peers (only what was
+    forwarded to a client). Bytes are UDP payload bytes, without any TURN framing.
+``stunner_allocations_active``
+    Live allocations.
+``stunner_bytes_received_total``, ``stunner_bytes_sent_total``
+    The sums over all listeners of ``stunner_listener_bytes_total`` for ``rx`` and ``tx``:
+    the client-facing traffic of this server (peer-facing traffic is in the cluster metrics).
+``stunner_connections_total``
+    The sum over all listeners of ``stunner_listener_connections_total``.
+
+With worker processes (``--udp-thread-num``) every figure is the sum over the workers; the
+counts of a worker that died are kept (up to its last report), its gauges are dropped.
+``stunner_workers`` and ``stunner_worker_restarts_total`` describe the workers, and each
+worker's process metrics carry the prefix ``stunner_worker_`` and a ``worker`` label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from stunner_dp.observe.http import HttpEndpoints, parse_http_endpoint
+from stunner_dp.observe.logs import get_logger
+
+__all__ = [
+    "DEFAULT_METRICS_PATH",
+    "DEFAULT_METRICS_PORT",
+    "MetricsServer",
+    "StatsCollector",
+    "WorkerProcessCollector",
+    "make_registry",
+    "metrics_handler",
+    "start_metrics",
+]
+
+StatsSource = Callable[[], Mapping[str, Any]]
+Refresh = Callable[[], Awaitable[None]]
+
+DEFAULT_METRICS_PORT = 8080
+DEFAULT_METRICS_PATH = "/metrics"
+# Always the classic text format, whatever the Accept header asks: in OpenMetrics the counter
+# stunner_listener_connections_total and the gauge stunner_listener_connections would be one
+# family name twice (stunnerd's Go exporter serves the text format too).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+REFRESH_TIMEOUT = 1.0  # seconds a scrape waits for fresh worker figures
+
+log = get_logger("metrics")
+
+LISTENER_DIRECTIONS = (("rx", "rx_packets", "rx_bytes"), ("tx", "tx_packets", "tx_bytes"))
+
+
+class StatsCollector:
+    """A prometheus_client collector over a stats snapshot (the shape of `Server.stats()`)."""
+
+    def __init__(self, source: StatsSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._source()
+        listeners: Mapping[str, Mapping[str, int]] = stats.get("listeners", {})
+        clusters: Mapping[str, Mapping[str, int]] = stats.get("clusters", {})
+
+        l_packets = CounterMetricFamily(
+            "stunner_listener_packets",
+            "STUN and ChannelData messages between clients and a listener",
+            labels=["name", "direction"],
+        )
+        l_bytes = CounterMetricFamily(
+            "stunner_listener_bytes",
+            "Wire bytes of STUN and ChannelData messages between clients and a listener",
+            labels=["name", "direction"],
+        )
+        l_conn_total = CounterMetricFamily(
+            "stunner_listener_connections",
+            "TCP/TLS connections accepted, or UDP allocations created, on a listener",
+            labels=["name"],
+        )
+        l_conn = GaugeMetricFamily(
+            "stunner_listener_connections",
+            "Open TCP/TLS connections, or live UDP allocations, on a listener",
+            labels=["name"],
+        )
+        l_dropped = CounterMetricFamily(
+            "stunner_listener_dropped_packets",
+            "Packets from or to the clients of a listener that were dropped",
+            labels=["name"],
+        )
+        rx_sum = tx_sum = conn_sum = 0
+        for name, row in sorted(listeners.items()):
+            for direction, packets, size in LISTENER_DIRECTIONS:
+                l_packets.add_metric([name, direction], row.get(packets, 0))
+                l_bytes.add_metric([name, direction], row.get(size, 0))
+            l_conn_total.add_metric([name], row.get("connections_total", 0))
+            l_conn.add_metric([name], row.get("connections", 0))
+            l_dropped.add_metric([name], row.get("dropped", 0))
+            rx_sum += row.get("rx_bytes", 0)
+            tx_sum += row.get("tx_bytes", 0)
+            conn_sum += row.get("connections_total", 0)
+        yield from (l_packets, l_bytes, l_conn_total, l_conn, l_dropped)
+
+        c_packets = CounterMetricFamily(
+            "stunner_cluster_packets",
+            "Relayed UDP datagrams between clients and the peers of a cluster "
+            "(tx: to peers, rx: from peers)",
+            labels=["name", "direction"],
+        )
+        c_bytes = CounterMetricFamily(
+            "stunner_cluster_bytes",
+            "Relayed UDP payload bytes between clients and the peers of a cluster "
+            "(tx: to peers, rx: from peers)",
+            labels=["name", "direction"],
+        )
+        for name, row in sorted(clusters.items()):
+            for direction, packets, size in LISTENER_DIRECTIONS:
+                c_packets.add_metric([name, direction], row.get(packets, 0))
+                c_bytes.add_metric([name, direction], row.get(size, 0))
+        yield from (c_packets, c_bytes)
+
+        yield GaugeMetricFamily(
+            "stunner_allocations_active", "Live TURN allocations", stats.get("allocations", 0)
+        )
+        yield CounterMetricFamily(
+            "stunner_bytes_received",
+            "Bytes received from clients: sum of stunner_listener_bytes_total{direction=rx}",
+            rx_sum,
+        )
+        yield CounterMetricFamily(
+            "stunner_bytes_sent",
+            "Bytes sent to clients: sum of stunner_listener_bytes_total{direction=tx}",
+            tx_sum,
+        )
+        yield CounterMetricFamily(
+            "stunner_connections",
+            "Client connections: sum of stunner_listener_connections_total over listeners",
+            conn_sum,
+        )
+        if "workers" in stats:
+            yield GaugeMetricFamily("stunner_workers", "Worker processes running", stats["workers"])
+            yield CounterMetricFamily(
+                "stunner_worker_restarts",
+                "Worker processes restarted after they died",
+                stats.get("worker_restarts", 0),
+            )
+
+
+class WorkerProcessCollector:
+    """Process metrics (CPU, memory, file descriptors) of other processes, with a `worker`
+    label: `pids()` maps a worker's label to its PID."""
+
+    def __init__(self, pids: Callable[[], Mapping[str, int]]) -> None:
+        self._pids = pids
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for worker, pid in sorted(self._pids().items()):
+            reader = ProcessCollector(namespace="stunner_worker", pid=_const(pid), registry=None)
+            for family in reader.collect():
+                out = merged.get(family.name)
+                if out is None:
+                    out = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type
+                    )
+                for sample in family.samples:
+                    out.add_sample(sample.name, {**sample.labels, "worker": worker}, sample.value)
+        yield from merged.values()
+
+
+def _const(pid: int) -> Callable[[], int]:
+    return lambda: pid
+
+
+def make_registry(
+    source: StatsSource, *, worker_pids: Callable[[], Mapping[str, int]] | None = None
+) -> CollectorRegistry:
+    """A registry with the STUNner metrics from `source` and this process's metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatsCollector(source))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    if worker_pids is not None:
+        registry.register(WorkerProcessCollector(worker_pids))
+    return registry
+
+
+def metrics_handler(
+    registry: CollectorRegistry, refresh: Refresh | None = None
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An aiohttp handler serving `registry`, after `refresh()` (fresh worker figures) when
+    given; a refresh that does not finish in time leaves the last known figures."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if refresh is not None:
+            try:
+                await asyncio.wait_for(refresh(), REFRESH_TIMEOUT)
+            except TimeoutError:
+                log.warning("metrics: workers did not report in time; serving their last figures")
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    return handle
+
+
+class MetricsServer:
+    """Serves the metrics of a stats source at ``admin.metrics_endpoint`` on the daemon's shared
+    `HttpEndpoints` (so metrics may share a port with the health endpoints).
+    `configure(url)` mounts, moves or ("") removes it; errors are logged, never raised."""
+
+    def __init__(
+        self,
+        endpoints: HttpEndpoints,
+        source: StatsSource,
+        *,
+        refresh: Refresh | None = None,
+        worker_pids: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
+        self.endpoints = endpoints
+        self.registry = make_registry(source, worker_pids=worker_pids)
+        self._handler = metrics_handler(self.registry, refresh)
+        self.url: str | None = None
+        self._mounted: tuple[str, int, str] | None = None
+
+    @property
+    def port(self) -> int | None:
+        """The bound port (useful when the endpoint asked for port 0), None when off."""
+        if self._mounted is None:
+            return None
+        return self.endpoints.bound_port(self._mounted[0], self._mounted[1])
+
+    @property
+    def path(self) -> str | None:
+        return self._mounted[2] if self._mounted else None
+
+    async def configure(self, url: str) -> None:
+        if url == self.url and (self._mounted is not None or not url):
+            return
+        self.url = url
+        await self._unmount()
+        if not url:
+            return
+        try:
+            host, port, path = parse_http_endpoint(url, DEFAULT_METRICS_PORT, DEFAULT_METRICS_PATH)
+        except ValueError as exc:
+            log.error("admin.metrics_endpoint is not valid: no metrics", error=str(exc))
+            return
+        if path == "/":
+            path = DEFAULT_METRICS_PATH  # stunnerd serves /metrics when the URL has no path
+        try:
+            await self.endpoints.mount(host, port, path, self._handler)
+        except OSError as exc:
+            log.error("metrics endpoint could not start", endpoint=url, error=str(exc))
+            return
+        self._mounted = (host, port, path)
+        log.info("metrics endpoint started", endpoint=url, port=self.port, path=path)
+
+    async def close(self) -> None:
+        await self._unmount()
+        self.url = None
+
+    async def _unmount(self) -> None:
+        if self._mounted is not None:
+            host, port, path = self._mounted
+            self._mounted = None
+            await self.endpoints.unmount(host, port, path)
+
+
+async def start_metrics(
+    endpoints: HttpEndpoints,
+    url: str,
+    source: StatsSource,
+    *,
+    refresh: Refresh | None = None,
+    worker_pids: Callable[[], Mapping[str, int]] | None = None,
+) -> MetricsServer:
+    """`MetricsServer(...)` configured for `url` (``admin.metrics_endpoint``; "" = off)."""
+    server = MetricsServer(endpoints, source, refresh=refresh, worker_pids=worker_pids)
+    await server.configure(url)
+    return server

@@ -1,0 +1,770 @@
+"""`stunner-dp probe turn://user:pass@host:3478?transport=udp`: a TURN connectivity check.
+
+It runs what a WebRTC client does against a TURN server, one step at a time, and says which
+step failed and what that usually means:
+
+    connect (TCP/TLS only) -> Binding -> Allocate (401 challenge) -> Allocate (authenticated)
+    -> CreatePermission -> ChannelBind -> ChannelData round trip through the relay
+
+The round trip goes to a UDP echo peer the probe starts itself (on loopback when the server is
+on this host, else on the address this host uses to reach the server), or to ``--peer``, which
+must echo datagrams back. Exit code 0 only when the round trip worked.
+
+`TurnClient` is the small client underneath; tests use it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import os
+import socket
+import ssl
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TextIO, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from stunner_dp import stun
+from stunner_dp.turn.auth import ephemeral_expiry, long_term_key
+
+Addr = tuple[str, int]
+Attrs = Sequence[tuple[int, bytes]]
+CHANNEL = 0x4000
+RTO = 0.5  # first UDP retransmission timeout, doubled on each retry (RFC 8489 6.2.1)
+
+
+class TurnError(Exception):
+    """A request that failed: an error response, a timeout, or a transport failure."""
+
+    def __init__(self, kind: str, message: str, response: stun.Message | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind  # "error" (an error response), "timeout", "refused", "closed"
+        self.response = response
+
+    @property
+    def code(self) -> int:
+        if self.response is None:
+            return 0
+        value = self.response.get(stun.ATTR_ERROR_CODE)
+        return stun.decode_error_code(value)[0] if value else 0
+
+
+def error_code(msg: stun.Message) -> tuple[int, str]:
+    """(code, reason) of an error response; (0, "") for a success."""
+    value = msg.get(stun.ATTR_ERROR_CODE)
+    if msg.cls != stun.CLASS_ERROR or value is None:
+        return 0, ""
+    return stun.decode_error_code(value)
+
+
+class _Link:
+    """What both transports feed: whole frames (STUN or ChannelData) and errors."""
+
+    def __init__(self, on_frame: Callable[[bytes], None], on_error: Callable[[str], None]) -> None:
+        self.on_frame = on_frame
+        self.on_error = on_error
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.link.on_frame(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # A connected UDP socket reports the ICMP port unreachable of a dead port this way.
+        self.link.on_error("refused" if isinstance(exc, ConnectionRefusedError) else str(exc))
+
+
+class _Stream(asyncio.Protocol):
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+        self.buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        while True:
+            try:
+                size = stun.stream_frame_length(buf)
+            except stun.StunError:
+                self.link.on_error("the server sent something that is neither STUN nor TURN")
+                return
+            if size is None or len(buf) < size:
+                return
+            frame = bytes(buf[:size])
+            del buf[:size]
+            self.link.on_frame(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.on_error("closed")
+
+
+@dataclass
+class TurnClient:
+    """A TURN client over UDP, TCP or TLS: one request at a time is all a probe needs.
+
+    `bytes_sent`/`bytes_received` count wire bytes of STUN messages and ChannelData (without
+    stream padding), as the server's listener counters do.
+    """
+
+    server: Addr
+    transport: str = "udp"  # "udp" | "tcp" | "tls"
+    timeout: float = 3.0
+    ssl_context: ssl.SSLContext | None = None
+    username: str = ""
+    realm: str = ""
+    nonce: str = ""
+    key: bytes = b""
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    packets_received: int = 0
+    bytes_received: int = 0
+    channel_data: asyncio.Queue[tuple[int, bytes]] = field(default_factory=asyncio.Queue)
+    _pending: dict[bytes, asyncio.Future[stun.Message]] = field(default_factory=dict)
+    _transport: asyncio.BaseTransport | None = None
+    _error: str = ""
+
+    # -- connection ---------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        link = _Link(self._on_frame, self._on_error)
+        if self.transport == "udp":
+            self._transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(link), remote_addr=self.server
+            )
+        else:
+            context = self.ssl_context if self.transport == "tls" else None
+            if self.transport == "tls" and context is None:
+                context = ssl.create_default_context()
+            self._transport, _ = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Stream(link),
+                    self.server[0],
+                    self.server[1],
+                    ssl=context,
+                    server_hostname=self.server[0] if context else None,
+                ),
+                self.timeout,
+            )
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    async def __aenter__(self) -> TurnClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def local_address(self) -> Addr:
+        assert self._transport is not None
+        name = self._transport.get_extra_info("sockname")
+        return str(name[0]), int(name[1])
+
+    # -- frames -------------------------------------------------------------------------------
+
+    def _on_frame(self, data: bytes) -> None:
+        self.packets_received += 1
+        if stun.is_channel_data(data):
+            try:
+                number, payload = stun.parse_channel_data(data)
+            except stun.StunError:
+                return
+            self.bytes_received += 4 + len(payload)
+            self.channel_data.put_nowait((number, payload))
+            return
+        self.bytes_received += len(data)
+        try:
+            msg = stun.parse_message(data)
+        except stun.StunError:
+            return
+        fut = self._pending.get(msg.transaction_id)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    def _on_error(self, error: str) -> None:
+        self._error = error
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(TurnError(error, error))
+
+    def send_raw(self, data: bytes) -> None:
+        if self._transport is None:
+            raise TurnError("closed", "not connected")
+        self.packets_sent += 1
+        if self.transport == "udp":  # (UDP transports need not subclass DatagramTransport)
+            cast(asyncio.DatagramTransport, self._transport).sendto(data)
+        else:
+            stream = cast(asyncio.WriteTransport, self._transport)
+            stream.write(data)
+            if stun.is_channel_data(data) and len(data) & 3:
+                stream.write(b"\0" * (4 - (len(data) & 3)))
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: int,
+        attrs: Attrs | Callable[[bytes], Attrs] = (),
+        *,
+        auth: bool = True,
+    ) -> stun.Message:
+        """Send a request (signed with the long-term key once `login` ran, unless auth=False)
+        and return the response, success or error. `attrs` may be a function of the
+        transaction id (for XOR-PEER-ADDRESS). UDP requests are retransmitted until
+        `timeout`. Raises TurnError for a timeout or a transport failure only."""
+        tid = os.urandom(12)
+        body = list(attrs(tid) if callable(attrs) else attrs)
+        key = None
+        if auth and self.key:
+            body += [
+                (stun.ATTR_USERNAME, stun.encode_text(self.username)),
+                (stun.ATTR_REALM, stun.encode_text(self.realm)),
+                (stun.ATTR_NONCE, stun.encode_text(self.nonce)),
+            ]
+            key = self.key
+        data = stun.encode_message(
+            method, stun.CLASS_REQUEST, tid, body, integrity_key=key, fingerprint=True
+        )
+        fut: asyncio.Future[stun.Message] = asyncio.get_running_loop().create_future()
+        self._pending[tid] = fut
+        deadline = time.monotonic() + self.timeout
+        rto = RTO
+        try:
+            while True:
+                if self._error:
+                    raise TurnError(self._error, self._error)
+                self.send_raw(data)
+                self.bytes_sent += len(data)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TurnError("timeout", f"no answer within {self.timeout:g} s")
+                wait = min(rto, left) if self.transport == "udp" else left
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), wait)
+                except TimeoutError:
+                    if time.monotonic() >= deadline:
+                        raise TurnError("timeout", f"no answer within {self.timeout:g} s") from None
+                    rto *= 2
+        finally:
+            self._pending.pop(tid, None)
+
+    def login(self, username: str, password: str, realm: str, nonce: str) -> None:
+        self.username, self.realm, self.nonce = username, realm, nonce
+        self.key = long_term_key(username, realm, password)
+
+    async def binding(self) -> Addr:
+        resp = await self.request(stun.METHOD_BINDING, auth=False)
+        check(resp, "Binding")
+        return mapped_address(resp)
+
+    async def challenge(self) -> stun.Message:
+        """An Allocate without credentials: the server's 401 with REALM and NONCE."""
+        return await self.request(stun.METHOD_ALLOCATE, udp_transport(), auth=False)
+
+    async def allocate(self, username: str, password: str) -> stun.Message:
+        """Challenge, then an authenticated Allocate (retried once on 438 Stale Nonce). The
+        final response is returned, success or error."""
+        resp = await self.challenge()
+        if error_code(resp)[0] != 401:
+            return resp
+        self.login(username, password, text(resp, stun.ATTR_REALM), text(resp, stun.ATTR_NONCE))
+        for _ in range(2):
+            resp = await self.request(stun.METHOD_ALLOCATE, udp_transport())
+            if error_code(resp)[0] != 438:
+                break
+            self.nonce = text(resp, stun.ATTR_NONCE)
+        return resp
+
+    async def create_permission(self, peer: Addr) -> stun.Message:
+        return await self.request(stun.METHOD_CREATE_PERMISSION, lambda tid: [peer_attr(peer, tid)])
+
+    async def channel_bind(self, peer: Addr, channel: int = CHANNEL) -> stun.Message:
+        return await self.request(
+            stun.METHOD_CHANNEL_BIND,
+            lambda tid: [
+                (stun.ATTR_CHANNEL_NUMBER, stun.encode_channel_number(channel)),
+                peer_attr(peer, tid),
+            ],
+        )
+
+    async def refresh(self, lifetime: int = 600) -> stun.Message:
+        return await self.request(
+            stun.METHOD_REFRESH, [(stun.ATTR_LIFETIME, stun.encode_u32(lifetime))]
+        )
+
+    def send_channel_data(self, payload: bytes, channel: int = CHANNEL) -> None:
+        data = stun.encode_channel_data(channel, payload)
+        self.send_raw(data)
+        self.bytes_sent += len(data)
+
+    async def receive_channel_data(self, timeout: float | None = None) -> tuple[int, bytes]:
+        return await asyncio.wait_for(self.channel_data.get(), timeout or self.timeout)
+
+
+def check(resp: stun.Message, what: str) -> None:
+    if resp.cls != stun.CLASS_SUCCESS:
+        code, reason = error_code(resp)
+        raise TurnError("error", f"{what} failed: {code} {reason}", resp)
+
+
+def text(msg: stun.Message, attr: int) -> str:
+    value = msg.get(attr)
+    return stun.decode_text(value) if value is not None else ""
+
+
+def mapped_address(msg: stun.Message) -> Addr:
+    value = msg.get(stun.ATTR_XOR_MAPPED_ADDRESS)
+    if value is not None:
+        return stun.decode_xor_address(value, msg.transaction_id)
+    value = msg.get(stun.ATTR_MAPPED_ADDRESS)
+    return stun.decode_address(value) if value is not None else ("", 0)
+
+
+def relayed_address(msg: stun.Message) -> Addr:
+    value = msg.get(stun.ATTR_XOR_RELAYED_ADDRESS)
+    return stun.decode_xor_address(value, msg.transaction_id) if value else ("", 0)
+
+
+def udp_transport() -> list[tuple[int, bytes]]:
+    return [(stun.ATTR_REQUESTED_TRANSPORT, stun.encode_requested_transport(stun.TRANSPORT_UDP))]
+
+
+def peer_attr(peer: Addr, tid: bytes) -> tuple[int, bytes]:
+    return stun.ATTR_XOR_PEER_ADDRESS, stun.encode_xor_address(peer, tid)
+
+
+# -- the echo peer ----------------------------------------------------------------------------
+
+
+class _Echo(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+
+@contextlib.asynccontextmanager
+async def echo_peer(host: str) -> AsyncIterator[Addr]:
+    """A UDP echo server on `host`, on a port the kernel picks."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(_Echo, local_addr=(host, 0))
+    try:
+        name = transport.get_extra_info("sockname")
+        yield str(name[0]), int(name[1])
+    finally:
+        transport.close()
+
+
+# -- the probe --------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    host: str
+    port: int
+    transport: str  # udp | tcp | tls
+    username: str
+    password: str
+
+
+def parse_turn_uri(uri: str) -> Target:
+    """``turn://user:pass@host:3478?transport=udp`` (also ``turn:``, ``turns://``). The
+    username may hold ':' (ephemeral ``<expiry>:<user>``): the password is after the last one;
+    percent-encode a ':' in a password."""
+    if uri.startswith(("turn:", "turns:")) and not uri.split(":", 1)[1].startswith("//"):
+        scheme, rest = uri.split(":", 1)
+        uri = f"{scheme}://{rest}"
+    parts = urlsplit(uri)
+    if parts.scheme not in ("turn", "turns"):
+        raise ValueError(f"{uri!r}: expected turn://USER:PASS@HOST:PORT?transport=udp|tcp")
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.rpartition(":") if ":" in userinfo else (userinfo, "", "")
+    host_parts = urlsplit(f"//{hostport}")
+    if not host_parts.hostname:
+        raise ValueError(f"{uri!r}: no host")
+    transport = parse_qs(parts.query).get("transport", ["udp"])[0].lower()
+    if transport not in ("udp", "tcp"):
+        raise ValueError(f"{uri!r}: transport must be udp or tcp")
+    if parts.scheme == "turns":
+        if transport == "udp":
+            raise ValueError(f"{uri!r}: DTLS (turns:...?transport=udp) is not supported")
+        transport = "tls"
+    default_port = 5349 if parts.scheme == "turns" else 3478
+    return Target(
+        host_parts.hostname,
+        host_parts.port or default_port,
+        transport,
+        unquote(user),
+        unquote(password),
+    )
+
+
+class ProbeFailed(Exception):
+    """A step failed; `diagnosis` says what that usually means."""
+
+    def __init__(self, step: str, diagnosis: str) -> None:
+        super().__init__(f"{step}: {diagnosis}")
+        self.step = step
+        self.diagnosis = diagnosis
+
+
+@dataclass
+class Probe:
+    target: Target
+    timeout: float = 3.0
+    peer: Addr | None = None
+    out: TextIO = sys.stdout
+    ssl_context: ssl.SSLContext | None = None
+    steps: list[tuple[str, bool, float, str]] = field(default_factory=list)
+    realm: str = ""
+    mapped: Addr | None = None
+    relay: Addr | None = None
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def ok(self, step: str, started: float, detail: str) -> None:
+        self._record(step, True, started, detail)
+
+    def fail(self, step: str, started: float, detail: str, diagnosis: str) -> ProbeFailed:
+        self._record(step, False, started, detail)
+        return ProbeFailed(step, diagnosis)
+
+    def _record(self, step: str, ok: bool, started: float, detail: str) -> None:
+        ms = (time.perf_counter() - started) * 1000
+        self.steps.append((step, ok, ms, detail))
+        self._print(f"  {step:<17} {'ok' if ok else 'FAIL':<4} {ms:8.1f} ms  {detail}")
+
+    @property
+    def where(self) -> str:
+        t = self.target
+        return f"{t.host}:{t.port}/{t.transport}"
+
+    async def run(self) -> bool:
+        t = self.target
+        self._print(f"probing TURN server {self.where} as user {t.username!r}")
+        try:
+            await self._run()
+        except ProbeFailed as exc:
+            self._print(f"FAILED at {exc.step}: {exc.diagnosis}")
+            return False
+        self._print(
+            f"OK: relay {fmt(self.relay)} (mapped {fmt(self.mapped)}) relays to the peer and back"
+        )
+        return True
+
+    async def _run(self) -> None:
+        t = self.target
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        kind = socket.SOCK_DGRAM if t.transport == "udp" else socket.SOCK_STREAM
+        try:
+            infos = await loop.getaddrinfo(t.host, t.port, type=kind)
+        except OSError as exc:
+            raise self.fail("resolve", started, str(exc), f"cannot resolve {t.host!r}") from None
+        server: Addr = (str(infos[0][4][0]), int(infos[0][4][1]))
+        client = TurnClient(server, t.transport, self.timeout, self.ssl_context)
+        started = time.perf_counter()
+        try:
+            await client.connect()
+        except (TimeoutError, OSError) as exc:
+            raise self.fail(
+                "connect", started, describe_os_error(exc), self._unreachable(exc)
+            ) from None
+        if t.transport != "udp":
+            self.ok("connect", started, f"{t.transport.upper()} connection to {fmt(server)}")
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(client.close)
+            await self._steps(client, stack)
+
+    async def _steps(self, client: TurnClient, stack: contextlib.AsyncExitStack) -> None:
+        t = self.target
+        # Binding: is anything answering STUN there?
+        started = time.perf_counter()
+        resp = await self._ask("binding", started, client.request(stun.METHOD_BINDING, auth=False))
+        if resp.cls != stun.CLASS_SUCCESS:
+            code, reason = error_code(resp)
+            raise self.fail("binding", started, f"{code} {reason}", "the server refused Binding")
+        self.mapped = mapped_address(resp)
+        self.ok("binding", started, f"mapped address {fmt(self.mapped)}")
+
+        # Allocate without credentials: the 401 that names the realm.
+        started = time.perf_counter()
+        resp = await self._ask("allocate (401)", started, client.challenge())
+        code, reason = error_code(resp)
+        if code != 401:
+            detail = "success without credentials" if code == 0 else f"{code} {reason}"
+            raise self.fail(
+                "allocate (401)",
+                started,
+                detail,
+                self._allocate_error(code, reason, resp)
+                if code
+                else "the server does not ask for credentials: not a STUNner/stunner-dp server?",
+            )
+        self.realm = text(resp, stun.ATTR_REALM)
+        self.ok("allocate (401)", started, f"challenge received, realm {self.realm!r}")
+
+        # Allocate with credentials (a 438 Stale Nonce is retried once with the new nonce).
+        started = time.perf_counter()
+        client.login(t.username, t.password, self.realm, text(resp, stun.ATTR_NONCE))
+        for _ in range(2):
+            resp = await self._ask(
+                "allocate", started, client.request(stun.METHOD_ALLOCATE, udp_transport())
+            )
+            if error_code(resp)[0] != 438:
+                break
+            client.nonce = text(resp, stun.ATTR_NONCE)
+        code, reason = error_code(resp)
+        if code:
+            raise self.fail(
+                "allocate", started, f"{code} {reason}", self._allocate_error(code, reason, resp)
+            )
+        self.relay = relayed_address(resp)
+        self.mapped = (
+            mapped_address(resp) if resp.has(stun.ATTR_XOR_MAPPED_ADDRESS) else self.mapped
+        )
+        lifetime = resp.get(stun.ATTR_LIFETIME)
+        self.ok(
+            "allocate",
+            started,
+            f"relay address {fmt(self.relay)}, mapped address {fmt(self.mapped)}"
+            + (f", lifetime {stun.decode_u32(lifetime)} s" if lifetime else ""),
+        )
+        stack.push_async_callback(self._release, client)
+
+        # The peer: ours (an echo server) or the one given.
+        peer = self.peer
+        if peer is None:
+            peer = await stack.enter_async_context(echo_peer(self._echo_host(client)))
+            self._print(f"  {'peer':<17} {'':<4} {'':>11}  UDP echo peer started on {fmt(peer)}")
+        else:
+            self._print(f"  {'peer':<17} {'':<4} {'':>11}  {fmt(peer)} (given; it must echo)")
+
+        started = time.perf_counter()
+        resp = await self._ask("create permission", started, client.create_permission(peer))
+        code, reason = error_code(resp)
+        if code:
+            raise self.fail(
+                "create permission", started, f"{code} {reason}", self._peer_error(code, peer)
+            )
+        self.ok("create permission", started, f"peer {peer[0]} permitted")
+
+        started = time.perf_counter()
+        resp = await self._ask("channel bind", started, client.channel_bind(peer))
+        code, reason = error_code(resp)
+        if code:
+            raise self.fail(
+                "channel bind", started, f"{code} {reason}", self._peer_error(code, peer)
+            )
+        self.ok("channel bind", started, f"channel 0x{CHANNEL:04X} -> {fmt(peer)}")
+
+        started = time.perf_counter()
+        if not await self._round_trip(client):
+            raise self.fail(
+                "round trip",
+                started,
+                f"no echo within {self.timeout:g} s",
+                f"the relay at {fmt(self.relay)} did not bring the peer's answer back: "
+                f"either the peer {fmt(peer)} did not echo, or traffic between the server's "
+                "relay ports and the peer is blocked (firewall, network policy), or the relay "
+                "address is not reachable from the peer",
+            )
+        self.ok("round trip", started, f"client -> relay {fmt(self.relay)} -> peer -> client")
+
+    async def _ask(
+        self, step: str, started: float, request: Awaitable[stun.Message]
+    ) -> stun.Message:
+        try:
+            return await request
+        except TurnError as exc:
+            raise self.fail(step, started, str(exc), self._transport_error(step, exc)) from None
+
+    async def _round_trip(self, client: TurnClient) -> bool:
+        payload = b"stunner-dp probe " + os.urandom(8).hex().encode()
+        deadline = time.monotonic() + self.timeout
+        wait = RTO
+        while (left := deadline - time.monotonic()) > 0:
+            client.send_channel_data(payload)
+            try:
+                while True:
+                    _, data = await client.receive_channel_data(min(wait, left))
+                    if data == payload:
+                        return True
+            except TimeoutError:
+                wait *= 2
+        return False
+
+    async def _release(self, client: TurnClient) -> None:
+        """Delete the allocation (Refresh with lifetime 0); best effort."""
+        with contextlib.suppress(TurnError, OSError):
+            await client.refresh(0)
+
+    def _echo_host(self, client: TurnClient) -> str:
+        """Loopback when the server is on this host; else our address towards the server."""
+        try:
+            if ipaddress.ip_address(client.server[0]).is_loopback:
+                return client.server[0]
+        except ValueError:
+            pass
+        return client.local_address[0]
+
+    # -- diagnoses ----------------------------------------------------------------------------
+
+    def _unreachable(self, exc: BaseException) -> str:
+        if isinstance(exc, ConnectionRefusedError):
+            return f"connection refused: nothing listens on {self.where}"
+        if isinstance(exc, asyncio.TimeoutError):
+            return (
+                f"no connection to {self.where} within {self.timeout:g} s: host down or firewalled"
+            )
+        if isinstance(exc, ssl.SSLError):
+            return f"TLS handshake failed ({exc}): wrong port, or use --insecure for a test cert"
+        return f"cannot reach {self.where}: {exc}"
+
+    def _transport_error(self, step: str, exc: TurnError) -> str:
+        if exc.kind == "refused":
+            return f"connection refused (ICMP port unreachable): nothing listens on {self.where}"
+        if exc.kind == "closed":
+            return f"the server closed the connection during {step}"
+        if exc.kind == "timeout":
+            if step == "binding":
+                return (
+                    f"no answer from {self.where} within {self.timeout:g} s: the server is not "
+                    "running there, or a firewall / load balancer drops the packets "
+                    "(for UDP behind a cloud load balancer check its health check and UDP "
+                    "support; try transport=tcp)"
+                )
+            return f"the server answered earlier steps but not {step} within {self.timeout:g} s"
+        return str(exc)
+
+    def _allocate_error(self, code: int, reason: str, resp: stun.Message) -> str:
+        t = self.target
+        if code == 401:
+            realm = text(resp, stun.ATTR_REALM) or self.realm
+            expiry = ephemeral_expiry(t.username) if ":" in t.username else None
+            hint = ""
+            if expiry is not None and expiry < time.time():
+                hint = f" The username's expiry {expiry} has passed: get fresh credentials."
+            return (
+                f"authentication failed (401): the server's realm is {realm!r}; the username "
+                f"{t.username!r} or its password does not match the server's credentials "
+                "(static auth: auth.credentials.username/password; ephemeral auth: "
+                "username <expiry>:<user>, password base64(HMAC-SHA1(secret, username)))." + hint
+            )
+        if code == 438:
+            return (
+                "stale nonce twice (438): requests reach servers with different nonce secrets "
+                "(several servers behind a load balancer without session affinity?)"
+            )
+        if code == 300:
+            alt = resp.get(stun.ATTR_ALTERNATE_SERVER)
+            where = fmt(stun.decode_address(alt)) if alt else "another server"
+            return f"the server is draining and sends new allocations to {where} (300)"
+        if code == 437:
+            return "allocation mismatch (437): this client address already has an allocation"
+        if code == 486:
+            return "allocation quota reached (486): the user has too many allocations"
+        if code == 508:
+            return "insufficient capacity (508): the server's relay port range is exhausted"
+        if code == 442:
+            return "unsupported transport protocol (442)"
+        return f"the server refused Allocate: {code} {reason}"
+
+    def _peer_error(self, code: int, peer: Addr) -> str:
+        if code == 403:
+            return (
+                f"forbidden (403): no cluster route to the peer {peer[0]}: none of the clusters "
+                "the listener routes to has an endpoint covering it (add it to a cluster's "
+                "endpoints, and the cluster to the listener's routes)"
+            )
+        if code == 438:
+            return "stale nonce (438) on a later request: the server's nonce secret changed"
+        if code == 401:
+            return "credentials rejected (401) after a successful Allocate: nonce or realm changed"
+        if code == 437:
+            return "allocation mismatch (437): the allocation is gone (expired or deleted)"
+        return f"the server refused the request: {code}"
+
+
+def fmt(addr: Addr | None) -> str:
+    if not addr:
+        return "-"
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+def parse_peer(value: str) -> Addr:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def probe_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stunner-dp probe",
+        description="Check a TURN server step by step: Binding, Allocate, CreatePermission, "
+        "ChannelBind and a round trip through the relay. Exit code 0 only on success.",
+    )
+    p.add_argument("uri", help="turn://USER:PASS@HOST:PORT?transport=udp|tcp (or turns://...)")
+    p.add_argument(
+        "--peer",
+        type=parse_peer,
+        metavar="HOST:PORT",
+        help="a UDP echo peer to relay to (default: one started by the probe)",
+    )
+    p.add_argument("--timeout", type=float, default=3.0, metavar="S", help="per step (3 s)")
+    p.add_argument("--user", help="username (overrides the URI's)")
+    p.add_argument("--password", help="password (overrides the URI's)")
+    p.add_argument("--insecure", action="store_true", help="TLS: do not verify the certificate")
+    return p
+
+
+def probe_main(argv: list[str] | None = None) -> int:
+    args = probe_parser().parse_args(argv)
+    try:
+        target = parse_turn_uri(args.uri)
+    except ValueError as exc:
+        print(f"stunner-dp probe: {exc}", file=sys.stderr)
+        return 2
+    if args.user is not None:
+        target.username = args.user
+    if args.password is not None:
+        target.password = args.password
+    context = None
+    if target.transport == "tls":
+        context = ssl.create_default_context()
+        if args.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+    probe = Probe(target, args.timeout, args.peer, sys.stdout, context)
+    return 0 if asyncio.run(probe.run()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(probe_main())
