@@ -1,0 +1,458 @@
+"""Soak: churn TURN allocations at a steady rate for a while, watch for leaks.
+
+    .venv/bin/python bench/soak.py                 # 10 minutes, 20 sessions a second
+    .venv/bin/python bench/soak.py --minutes 2 --json
+
+The server runs in this process (the library API, on uvloop); the clients and the UDP echo peer
+run in a child process, so the RSS and open descriptors measured here are the server's. Each
+session is one client that allocates (401 challenge, then Allocate), binds a channel and installs
+a permission for the echo peer, relays ChannelData and a Send indication both ways, refreshes,
+and then ends in one of three ways:
+
+- UDP, Refresh with LIFETIME 0 (deleted at once);
+- UDP, the client goes away without a word (the allocation expires);
+- TCP, the client closes its connection (deleted with the connection).
+
+The minimum allocation lifetime is RFC 8656's 600 s; waiting that long for expiries would make
+a soak of hours. `--min-lifetime` (default 10 s) lowers the server's floor for this run only
+(it sets `stunner_dp.turn.server.DEFAULT_LIFETIME`, a test hook), so the expiry path churns as
+much as the others. Clients bind random 127.0.0.x source addresses so the per-IP tables see many
+keys.
+
+At the start, every minute and at the end it prints RSS, open descriptors, live allocations and
+relay ports in use (UDP sockets bound in the relay range, counted from /proc/net/udp, so a socket
+leaked past the server's own books still shows). The end is after the churn stops and every
+allocation has expired. Exit status 1 when allocations or ports are not back to zero or RSS
+grew by more than `--max-rss-growth` (10%) between minute 1 and the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import uvloop
+
+from stunner_dp import stun
+from stunner_dp.turn.auth import long_term_key
+
+USER, PASSWORD, REALM = "soak", "soak-pass", "soak.test"
+TIMEOUT = 2.0
+
+
+# -- measurements (server process) --------------------------------------------------------------
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _socket_inodes() -> set[str]:
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return inodes
+
+
+def udp_ports_in_use(low: int, high: int) -> int:
+    """UDP sockets of this process bound to a local port in [low, high] (IPv4 and IPv6),
+    found by the kernel's tables rather than by the server's own books."""
+    mine = _socket_inodes()
+    count = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    port = int(fields[1].rsplit(":", 1)[1], 16)
+                    count += low <= port <= high and fields[9] in mine
+        except OSError:
+            continue
+    return count
+
+
+def free_port() -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = int(t.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+# -- clients (child process) -----------------------------------------------------------------
+
+
+def _peer_attr(peer: tuple[str, int], tid: bytes) -> tuple[int, bytes]:
+    return stun.ATTR_XOR_PEER_ADDRESS, stun.encode_xor_address(peer, tid)
+
+
+class _Session:
+    """The TURN exchange of one session, over whatever `send`/`receive` carry."""
+
+    stream = False  # over TCP: ChannelData padded to 4 bytes
+
+    def __init__(self) -> None:
+        self.key = long_term_key(USER, REALM, PASSWORD)
+        self.nonce = ""
+        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.send: Any = None
+
+    async def transact(self, tid: bytes, data: bytes) -> stun.Message:
+        self.send(data)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no answer")
+            frame = await asyncio.wait_for(self.inbox.get(), left)
+            if stun.is_stun(frame):
+                msg = stun.parse_message(frame)
+                if msg.transaction_id == tid:
+                    return msg
+
+    async def ask(self, method: int, attrs_fn: Any, auth: bool = True) -> stun.Message:
+        tid = os.urandom(12)
+        attrs = attrs_fn(tid)
+        body = list(attrs)
+        key = None
+        if auth:
+            body += [
+                (stun.ATTR_USERNAME, stun.encode_text(USER)),
+                (stun.ATTR_REALM, stun.encode_text(REALM)),
+                (stun.ATTR_NONCE, stun.encode_text(self.nonce)),
+            ]
+            key = self.key
+        data = stun.encode_message(method, stun.CLASS_REQUEST, tid, body, integrity_key=key)
+        return await self.transact(tid, data)
+
+    async def run(self, peer: tuple[str, int], lifetime: int, end_with_refresh_zero: bool) -> int:
+        """Returns the number of payloads that made the round trip."""
+        transport = [(stun.ATTR_REQUESTED_TRANSPORT, stun.encode_requested_transport(17))]
+        first = await self.ask(stun.METHOD_ALLOCATE, lambda tid: transport, auth=False)
+        self.nonce = stun.decode_text(first.get(stun.ATTR_NONCE) or b"")
+        lt = [(stun.ATTR_LIFETIME, stun.encode_u32(lifetime))]
+        resp = await self.ask(stun.METHOD_ALLOCATE, lambda tid: transport + lt)
+        _expect(resp, "Allocate")
+        channel = 0x4000 + random.randrange(0x100)
+        resp = await self.ask(
+            stun.METHOD_CHANNEL_BIND,
+            lambda tid: [
+                (stun.ATTR_CHANNEL_NUMBER, stun.encode_channel_number(channel)),
+                _peer_attr(peer, tid),
+            ],
+        )
+        _expect(resp, "ChannelBind")
+        resp = await self.ask(stun.METHOD_CREATE_PERMISSION, lambda tid: [_peer_attr(peer, tid)])
+        _expect(resp, "CreatePermission")
+        echoed = 0
+        for i in range(4):
+            payload = f"soak {i}".encode() + os.urandom(100)
+            self.send(stun.encode_channel_data(channel, payload, pad=self.stream))
+            if await self._echo(payload):
+                echoed += 1
+        tid = os.urandom(12)
+        payload = b"send indication" + os.urandom(60)
+        self.send(
+            stun.encode_message(
+                stun.METHOD_SEND,
+                stun.CLASS_INDICATION,
+                tid,
+                [_peer_attr(peer, tid), (stun.ATTR_DATA, payload)],
+            )
+        )
+        if await self._echo(payload):  # the echo comes back on the channel
+            echoed += 1
+        resp = await self.ask(stun.METHOD_REFRESH, lambda tid: lt)
+        _expect(resp, "Refresh")
+        if end_with_refresh_zero:
+            zero = [(stun.ATTR_LIFETIME, stun.encode_u32(0))]
+            resp = await self.ask(stun.METHOD_REFRESH, lambda tid: zero)
+            _expect(resp, "Refresh(0)")
+        return echoed
+
+    async def _echo(self, payload: bytes) -> bool:
+        deadline = time.monotonic() + TIMEOUT
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                frame = await asyncio.wait_for(self.inbox.get(), left)
+            except TimeoutError:
+                return False
+            if payload in frame:
+                return True
+        return False
+
+
+def _expect(msg: stun.Message, what: str) -> None:
+    if msg.cls != stun.CLASS_SUCCESS:
+        code = stun.decode_error_code(msg.get(stun.ATTR_ERROR_CODE) or b"\0\0\0\0")
+        raise RuntimeError(f"{what}: {code}")
+
+
+class _UdpProto(asyncio.DatagramProtocol):
+    def __init__(self, session: _Session) -> None:
+        self.session = session
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.session.inbox.put_nowait(data)
+
+
+class _TcpProto(asyncio.Protocol):
+    def __init__(self, session: _Session) -> None:
+        self.session = session
+        self.buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            size = stun.stream_frame_length(self.buf)
+            if size is None or len(self.buf) < size:
+                return
+            self.session.inbox.put_nowait(bytes(self.buf[:size]))
+            del self.buf[:size]
+
+
+class _Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is no subclass
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.transport.sendto(data, addr)
+
+
+async def one_session(server: tuple[str, int], peer: tuple[str, int], kind: str, lt: int) -> int:
+    loop = asyncio.get_running_loop()
+    session = _Session()
+    if kind == "tcp":
+        session.stream = True
+        transport, _ = await loop.create_connection(
+            lambda: _TcpProto(session), server[0], server[1]
+        )
+        session.send = transport.write
+        try:
+            return await session.run(peer, lt, end_with_refresh_zero=False)
+        finally:
+            transport.close()  # the allocation goes with the connection
+    source = (f"127.0.0.{random.randrange(2, 250)}", 0)
+    dgram, _ = await loop.create_datagram_endpoint(
+        lambda: _UdpProto(session), local_addr=source, remote_addr=server
+    )
+    session.send = dgram.sendto
+    try:
+        return await session.run(peer, lt, end_with_refresh_zero=kind == "udp-delete")
+    finally:
+        dgram.close()  # "udp-expire": the server finds out when the lifetime is up
+
+
+async def client_main(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    echo, _ = await loop.create_datagram_endpoint(_Echo, local_addr=("127.0.0.1", 0))
+    peer = echo.get_extra_info("sockname")[:2]
+    server = ("127.0.0.1", args.port)
+    stats = {"sessions": 0, "ok": 0, "failed": 0, "echoed": 0}
+    errors: dict[str, int] = {}
+    kinds = ("udp-delete", "udp-expire", "tcp")
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def run(kind: str) -> None:
+        try:
+            stats["echoed"] += await one_session(server, peer, kind, args.lifetime)
+            stats["ok"] += 1
+        except (OSError, RuntimeError, TimeoutError, stun.StunError) as exc:
+            stats["failed"] += 1
+            errors[f"{kind}: {exc}"[:80]] = errors.get(f"{kind}: {exc}"[:80], 0) + 1
+
+    end = time.monotonic() + args.seconds
+    interval = 1.0 / args.rate
+    next_at = time.monotonic()
+    i = 0
+    while time.monotonic() < end:
+        if len(tasks) < 2000:  # bounded: a stalled server must not grow this without end
+            task = asyncio.create_task(run(kinds[i % len(kinds)]))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            stats["sessions"] += 1
+            i += 1
+        next_at += interval
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+    if tasks:
+        await asyncio.wait(tasks, timeout=30)
+    echo.close()
+    print(json.dumps({"clients": stats, "errors": errors}), flush=True)
+
+
+# -- server and report (parent process) ------------------------------------------------------
+
+
+async def server_main(args: argparse.Namespace) -> int:
+    import stunner_dp.turn.server as turn_server
+    from stunner_dp.net.runtime import Server
+
+    turn_server.DEFAULT_LIFETIME = args.min_lifetime  # test hook: see the module docstring
+    low, high = args.relay_low, args.relay_high
+    port = free_port()
+    config = {
+        "version": "v1",
+        "admin": {"name": "soak", "metrics_endpoint": "", "healthcheck_endpoint": ""},
+        "auth": {
+            "type": "static",
+            "realm": REALM,
+            "credentials": {"username": USER, "password": PASSWORD},
+        },
+        "listeners": [
+            {
+                "name": f"{proto.lower()}-listener",
+                "protocol": f"TURN-{proto}",
+                "address": "127.0.0.1",
+                "port": port,
+                "min_relay_port": low,
+                "max_relay_port": high,
+                "routes": ["peers"],
+            }
+            for proto in ("UDP", "TCP")
+        ],
+        "clusters": [{"name": "peers", "endpoints": ["127.0.0.1"]}],
+    }
+    rows: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+
+    def sample(label: str, srv: Server) -> dict[str, Any]:
+        turn = srv.turn
+        row = {
+            "at": label,
+            "t": round(time.monotonic() - t0, 1),
+            "rss_kib": rss_kib(),
+            "fds": open_fds(),
+            "allocations": srv.allocation_count,
+            "relay_ports": udp_ports_in_use(low, high),
+            "rate_limited": turn.rate_limited if turn else 0,
+            "auth_failures": turn.auth_failures if turn else 0,
+        }
+        rows.append(row)
+        if not args.json:
+            print(
+                f"{row['at']:>8} t={row['t']:7.1f}s rss={row['rss_kib'] / 1024:7.1f} MiB "
+                f"fds={row['fds']:5d} allocations={row['allocations']:5d} "
+                f"relay_ports={row['relay_ports']:5d}",
+                flush=True,
+            )
+        return row
+
+    async with Server(config, bind_host="127.0.0.1") as srv:
+        if srv.failed_listeners:
+            print(f"soak: listeners failed: {srv.failed_listeners}", file=sys.stderr)
+            return 2
+        sample("start", srv)
+        seconds = args.minutes * 60
+        client = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--client",
+            "--port",
+            str(port),
+            "--seconds",
+            str(seconds),
+            "--rate",
+            str(args.rate),
+            "--lifetime",
+            str(args.min_lifetime),
+            stdout=subprocess.PIPE,
+        )
+        minute, next_mark = 0, t0 + 60
+        try:
+            while client.returncode is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(client.wait(), max(0.0, next_mark - time.monotonic()))
+                if time.monotonic() >= next_mark:
+                    minute += 1
+                    next_mark += 60
+                    sample(f"min {minute}", srv)
+        finally:
+            if client.returncode is None:
+                client.kill()
+                await client.wait()
+        out = await client.stdout.read() if client.stdout else b""
+        churn_end = sample("churned", srv)
+        # let the abandoned allocations expire (lifetime + a tick or two), bounded
+        deadline = time.monotonic() + args.min_lifetime + 15
+        while time.monotonic() < deadline and (srv.allocation_count or udp_ports_in_use(low, high)):
+            await asyncio.sleep(0.5)
+        end = sample("end", srv)
+    clients = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
+    first = next((r for r in rows if r["at"] == "min 1"), rows[0])
+    growth = (end["rss_kib"] - first["rss_kib"]) / first["rss_kib"]
+    peak = max(r["allocations"] for r in rows)
+    summary = {
+        "minutes": args.minutes,
+        "rate": args.rate,
+        "samples": rows,
+        "clients": clients.get("clients", {}),
+        "errors": clients.get("errors", {}),
+        "peak_allocations_sampled": peak,
+        "allocations_at_churn_end": churn_end["allocations"],
+        "rss_growth_min1_to_end": round(growth, 4),
+        "ok": end["allocations"] == 0 and end["relay_ports"] == 0 and growth < args.max_rss_growth,
+    }
+    if args.json:
+        print(json.dumps(summary), flush=True)
+    else:
+        print(json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=1))
+    return 0 if summary["ok"] else 1
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--rate", type=float, default=20.0, help="new sessions per second")
+    p.add_argument("--min-lifetime", type=int, default=10, help="server's lifetime floor, s")
+    p.add_argument("--relay-low", type=int, default=31000)
+    p.add_argument("--relay-high", type=int, default=31999)
+    p.add_argument("--max-rss-growth", type=float, default=0.10)
+    p.add_argument("--json", action="store_true", help="one JSON summary line")
+    p.add_argument(
+        "--log", default="all:WARNING", help="server log levels (all:INFO: every allocation)"
+    )
+    # child process mode
+    p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--seconds", type=float, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--lifetime", type=int, default=10, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.client:
+        uvloop.run(client_main(args))
+        return 0
+    from stunner_dp.observe.logs import configure_logging
+
+    configure_logging(args.log)
+    return uvloop.run(server_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
