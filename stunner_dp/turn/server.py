@@ -94,7 +94,8 @@ class TurnServer:
         # listener name -> client address -> allocation: the shell's first hot-path lookup
         self.allocations: dict[str, dict[Addr, Allocation]] = {}
         self.user_allocations: Counter[str] = Counter()
-        self.reservations: dict[bytes, tuple[RelayHandle, float]] = {}
+        # (listener, token) -> reserved port: a token is good only where it was issued
+        self.reservations: dict[tuple[str, bytes], tuple[RelayHandle, float]] = {}
         self.retired: dict[tuple[str, str], Traffic] = {}  # (listener, cluster) -> counts of gone
         self.events: list[ev.Event] = []
         self.malformed = 0
@@ -407,7 +408,7 @@ class TurnServer:
         lifetime = self._lifetime(msg, initial=True)
         new_token: bytes | None = None
         if token is not None:
-            reserved = self.reservations.pop(token, None)
+            reserved = self.reservations.pop((ctx.listener, token), None)
             if reserved is None:
                 raise Reject(508, "Unknown or expired RESERVATION-TOKEN")
             relay = reserved[0]
@@ -419,7 +420,7 @@ class TurnServer:
             relay, spare = opened
             if spare is not None:
                 new_token = secrets.token_bytes(8)
-                self.reservations[new_token] = (spare, now + RESERVATION_LIFETIME)
+                self.reservations[(ctx.listener, new_token)] = (spare, now + RESERVATION_LIFETIME)
         alloc = Allocation(
             listener=ctx.listener,
             transport=ctx.transport,
