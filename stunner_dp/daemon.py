@@ -39,6 +39,7 @@ from stunner_dp.net.runtime import Server
 from stunner_dp.observe.health import NOT_READY, READY, TERMINATING, HealthServer, status_document
 from stunner_dp.observe.http import HttpEndpoints
 from stunner_dp.observe.logs import configure_logging, get_logger
+from stunner_dp.observe.metrics import attach_metrics
 from stunner_dp.origin import DEFAULT_CDS_ORIGIN, Origin, make_origin
 from stunner_dp.turn.access import PeerAccess, strict_dns_hosts
 from stunner_dp.turn.types import Addr
@@ -512,7 +513,7 @@ def options_from_args(args: argparse.Namespace, config: StunnerConfig | None) ->
 
 
 def run_daemon(args: argparse.Namespace, config: StunnerConfig | None) -> int:
-    """The single-process daemon (`--udp-thread-num` 0 or 1)."""
+    """The daemon: one process (`--udp-thread-num` 0 or 1) or a supervisor of N workers."""
     try:
         options = options_from_args(args, config)
     except ConfigError as exc:
@@ -523,6 +524,19 @@ def run_daemon(args: argparse.Namespace, config: StunnerConfig | None) -> int:
             configure_logging(config.admin.loglevel or "all:INFO", args.log_format)
 
     async def main() -> int:
-        return await Daemon(options, config=config).run()
+        dataplane: Dataplane | None = None
+        if args.udp_thread_num > 1:
+            from stunner_dp.supervisor import Supervisor
+
+            dataplane = Supervisor(
+                args.udp_thread_num,
+                alternate_server=options.alternate_server,
+                dns_interval=options.dns_interval,
+                log_levels=options.log_levels,
+                log_format=options.log_format,
+            )
+        daemon = Daemon(options, config=config, dataplane=dataplane)
+        attach_metrics(daemon)
+        return await daemon.run()
 
     return uvloop.run(main())

@@ -37,8 +37,9 @@ restarted by a reconfiguration keeps its counters):
 
 With worker processes (``--udp-thread-num``) every figure is the sum over the workers; the
 counts of a worker that died are kept (up to its last report), its gauges are dropped.
-``stunner_workers`` and ``stunner_worker_restarts_total`` describe the workers, and each
-worker's process metrics carry the prefix ``stunner_worker_`` and a ``worker`` label.
+``stunner_workers``, ``stunner_worker_restarts_total``, ``stunner_worker_info{worker,pid}``
+and ``stunner_worker_allocations_active{worker}`` describe the workers, and each worker's
+process metrics carry the prefix ``stunner_worker_`` and a ``worker`` label.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ __all__ = [
     "MetricsServer",
     "StatsCollector",
     "WorkerProcessCollector",
+    "attach_metrics",
     "make_registry",
     "metrics_handler",
     "start_metrics",
@@ -175,6 +177,19 @@ class StatsCollector:
                 "Worker processes restarted after they died",
                 stats.get("worker_restarts", 0),
             )
+            per_worker: Mapping[str, Mapping[str, int]] = stats.get("per_worker", {})
+            info = GaugeMetricFamily(
+                "stunner_worker_info", "A live worker process", labels=["worker", "pid"]
+            )
+            allocs = GaugeMetricFamily(
+                "stunner_worker_allocations_active",
+                "Live TURN allocations of one worker",
+                labels=["worker"],
+            )
+            for worker, row in sorted(per_worker.items()):
+                info.add_metric([worker, str(row.get("pid", 0))], 1)
+                allocs.add_metric([worker], row.get("allocations", 0))
+            yield from (info, allocs)
 
 
 class WorkerProcessCollector:
@@ -308,4 +323,29 @@ async def start_metrics(
     """`MetricsServer(...)` configured for `url` (``admin.metrics_endpoint``; "" = off)."""
     server = MetricsServer(endpoints, source, refresh=refresh, worker_pids=worker_pids)
     await server.configure(url)
+    return server
+
+
+def attach_metrics(daemon: Any) -> MetricsServer:
+    """Serve a `stunner_dp.daemon.Daemon`'s dataplane figures at ``admin.metrics_endpoint`` on
+    its shared `HttpEndpoints`, following every applied config (the endpoint may move or be
+    turned off) and closing with the daemon. A dataplane with `refresh()` (the supervisor) is
+    asked for fresh figures before each scrape; one with `worker_pids()` adds its workers'
+    process metrics."""
+    dataplane = daemon.dataplane
+    server = MetricsServer(
+        daemon.http,
+        dataplane.stats,
+        refresh=getattr(dataplane, "refresh", None),
+        worker_pids=getattr(dataplane, "worker_pids", None),
+    )
+
+    async def on_config(old: Any, new: Any) -> None:
+        await server.configure(new.admin.metrics_endpoint)
+
+    async def on_stop() -> None:
+        await server.close()
+
+    daemon.on_config.append(on_config)
+    daemon.on_stop.append(on_stop)
     return server

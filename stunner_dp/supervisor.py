@@ -1,0 +1,437 @@
+"""Multi-core: a supervisor of N worker processes (`stunnerd --udp-thread-num N`, N > 1).
+
+`Supervisor` implements the daemon's `Dataplane` protocol, so the daemon's health and status
+endpoints, config origins (file watch, CDS, SIGHUP) and drain work unchanged; the metrics
+endpoint reads `Supervisor.stats()`. The supervisor itself relays nothing:
+
+- it starts N `python -m stunner_dp.worker` processes, each running a `Server` whose listener
+  sockets (UDP and TCP) are bound with SO_REUSEPORT on the same ports, all with one nonce
+  secret (a nonce from any worker is good at any other);
+- it sends every config to every worker as the config dict (the difference is applied in each
+  worker) together with the STRICT_DNS answers, which it resolves once for all;
+- workers report a stats snapshot every second and when asked (`refresh()`, before each
+  scrape); `stats()` is the sum. A dead worker's counters are kept (as last reported), its
+  gauges (allocations, connections) dropped, so the summed counters never go down;
+- a worker that dies is logged and restarted (its allocations are lost, the others go on);
+- draining (SIGTERM in the daemon) is forwarded to every worker as a message: new Allocates
+  get 300 Try Alternate when an alternate server is set, existing allocations go on;
+- `stop()` closes the pipes: workers stop at once (also if the supervisor is killed).
+
+The frame protocol between the two is described in stunner_dp.worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stunner_dp.config import StunnerConfig
+from stunner_dp.net.dns import DEFAULT_INTERVAL, Resolved, StrictDnsResolver
+from stunner_dp.observe.logs import get_logger
+from stunner_dp.turn.access import strict_dns_hosts
+from stunner_dp.turn.types import Addr
+from stunner_dp.worker import read_frame, write_frame
+
+__all__ = ["Supervisor", "sum_stats"]
+
+log = get_logger("stunner")
+
+START_TIMEOUT = 20.0  # seconds for a worker to report ready
+APPLY_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0  # then SIGKILL
+RESTART_DELAY = 0.5  # first restart delay; doubled while a worker keeps dying young
+MAX_RESTART_DELAY = 10.0
+STABLE_AFTER = 10.0  # a worker that lived this long is "stable": restart delay resets
+
+# Listener fields that are gauges: a dead worker's values are dropped, not kept.
+GAUGES = frozenset({"connections", "streams"})
+
+
+def _add_rows(into: dict[str, dict[str, int]], rows: Mapping[str, Mapping[str, int]]) -> None:
+    for name, row in rows.items():
+        target = into.setdefault(name, {})
+        for key, value in row.items():
+            if key == "streams":
+                target[key] = max(target.get(key, 0), int(value))
+            else:
+                target[key] = target.get(key, 0) + int(value)
+
+
+def sum_stats(snapshots: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The sum of `Server.stats()` snapshots (listener/cluster rows added field by field)."""
+    listeners: dict[str, dict[str, int]] = {}
+    clusters: dict[str, dict[str, int]] = {}
+    allocations = 0
+    for snap in snapshots:
+        allocations += int(snap.get("allocations", 0))
+        _add_rows(listeners, snap.get("listeners", {}))
+        _add_rows(clusters, snap.get("clusters", {}))
+    return {"allocations": allocations, "listeners": listeners, "clusters": clusters}
+
+
+def _counters_only(snap: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a dead worker's snapshot stays: its counters, with gauges at zero."""
+    listeners = {
+        name: {k: (0 if k in GAUGES else v) for k, v in row.items()}
+        for name, row in snap.get("listeners", {}).items()
+    }
+    return {"allocations": 0, "listeners": listeners, "clusters": dict(snap.get("clusters", {}))}
+
+
+@dataclass(eq=False)
+class WorkerSlot:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    writer: asyncio.StreamWriter | None = None
+    stats: dict[str, Any] | None = None
+    listeners: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    started_at: float = 0.0
+    restart_delay: float = RESTART_DELAY
+    restarting: bool = False
+    ready: asyncio.Future[dict[str, Any]] | None = None
+    pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process is not None else 0
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None and self.ready is None
+
+
+class Supervisor:
+    """N worker processes behind the daemon's `Dataplane` interface."""
+
+    def __init__(
+        self,
+        workers: int,
+        *,
+        alternate_server: Addr | None = None,
+        dns_interval: float = DEFAULT_INTERVAL,
+        software: str = "",
+        bind_host: str | None = None,
+        log_levels: str = "",
+        log_format: str = "text",
+        python: str = sys.executable,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be 1 or more")
+        self.size = workers
+        self.config: StunnerConfig | None = None
+        self.dns = StrictDnsResolver(self._dns_changed, interval=dns_interval)
+        self.slots = [WorkerSlot(i) for i in range(workers)]
+        self.restarts = 0
+        self._alternate = alternate_server
+        self._software = software
+        self._bind_host = bind_host
+        self._log_levels = log_levels
+        self._log_format = log_format
+        self._python = python
+        self._nonce_secret = os.urandom(32)
+        self._draining = False
+        self._stopping = False
+        self._running = False
+        self._retired: dict[str, Any] = sum_stats([])
+        self._next_id = 0
+
+    # -- Dataplane ----------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def allocation_count(self) -> int:
+        return int(self.stats()["allocations"])
+
+    async def start(self, config: StunnerConfig) -> None:
+        """Start every worker; RuntimeError when they cannot serve `config`."""
+        if any(lis.port == 0 for lis in config.listeners):
+            log.warning("a listener with port 0 gets a different port in every worker")
+        self.config = config
+        self._stopping = False
+        self.dns.set_hosts(strict_dns_hosts(config))
+        await self.dns.resolve(notify=False)
+        results = await asyncio.gather(
+            *(self._spawn(slot) for slot in self.slots), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.stop()
+            raise RuntimeError(f"worker processes could not start: {errors[0]}")
+        self._running = True
+        self.dns.start()
+        log.info(
+            "workers started",
+            workers=self.size,
+            pids=[slot.pid for slot in self.slots],
+            listeners=self.slots[0].listeners,
+        )
+
+    async def apply(self, config: StunnerConfig) -> None:
+        """Send `config` to every live worker and wait for each to apply it; RuntimeError
+        when one could not (the daemon then rolls back by applying the old config)."""
+        self.config = config
+        self.dns.set_hosts(strict_dns_hosts(config))
+        fresh = self.dns.unresolved()
+        if fresh:
+            await self.dns.resolve(fresh, notify=False)
+        frame = {"type": "config", "config": config.to_dict(), "resolved": self._resolved()}
+        answers = await self._ask_all(frame, APPLY_TIMEOUT)
+        errors = [a.get("error") for a in answers if a.get("error")]
+        if errors:
+            raise RuntimeError(f"a worker could not apply the config: {errors[0]}")
+
+    def set_draining(self, draining: bool) -> None:
+        self._draining = draining
+        self._broadcast({"type": "draining", "value": draining})
+
+    def listener_state(self) -> tuple[dict[str, int], dict[str, str]]:
+        bound: dict[str, int] = {}
+        failed: dict[str, str] = {}
+        for slot in self.slots:
+            if slot.alive:
+                bound.update(slot.listeners)
+                failed.update(slot.failed)
+        for name in failed:
+            bound.pop(name, None)  # failed in one worker: say so
+        return bound, failed
+
+    def stats(self) -> dict[str, Any]:
+        live = [s.stats for s in self.slots if s.alive and s.stats is not None]
+        total = sum_stats([self._retired, *live])
+        total["workers"] = sum(1 for s in self.slots if s.alive)
+        total["worker_restarts"] = self.restarts
+        total["per_worker"] = {
+            str(s.index): {"pid": s.pid, "allocations": int(s.stats.get("allocations", 0))}
+            for s in self.slots
+            if s.alive and s.stats is not None
+        }
+        return total
+
+    async def refresh(self) -> None:
+        """Ask every live worker for a fresh snapshot (before a scrape)."""
+        await self._ask_all({"type": "stats"}, 1.0)
+
+    async def wait_idle(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.refresh(), 2.0)
+            if self.allocation_count == 0:
+                return
+            await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._running = False
+        await self.dns.stop()
+        await asyncio.gather(*(self._stop_slot(slot) for slot in self.slots))
+
+    def worker_pids(self) -> dict[str, int]:
+        """Worker index -> PID of the live workers (for their process metrics)."""
+        return {str(s.index): s.pid for s in self.slots if s.alive}
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def _resolved(self) -> dict[str, list[str]]:
+        return {name: list(ips) for name, ips in self.dns.resolved.items()}
+
+    async def _spawn(self, slot: WorkerSlot) -> None:
+        assert self.config is not None
+        parent, child = socket.socketpair()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                self._python,
+                "-m",
+                "stunner_dp.worker",
+                "--fd",
+                str(child.fileno()),
+                pass_fds=(child.fileno(),),
+                start_new_session=False,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        loop = asyncio.get_running_loop()
+        slot.process, slot.writer, slot.stats = process, writer, None
+        slot.started_at = time.monotonic()
+        slot.ready = loop.create_future()
+        slot.tasks = [
+            loop.create_task(self._read(slot, reader)),
+            loop.create_task(self._watch(slot, process)),
+        ]
+        write_frame(
+            writer,
+            {
+                "type": "init",
+                "index": slot.index,
+                "config": self.config.to_dict(),
+                "nonce_secret": self._nonce_secret.hex(),
+                "resolved": self._resolved(),
+                "draining": self._draining,
+                "alternate_server": list(self._alternate) if self._alternate else None,
+                "bind_host": self._bind_host,
+                "software": self._software,
+                "log_levels": self._log_levels or self.config.admin.loglevel,
+                "log_format": self._log_format,
+            },
+        )
+        try:
+            ready = await asyncio.wait_for(asyncio.shield(slot.ready), START_TIMEOUT)
+        except TimeoutError:
+            raise RuntimeError(
+                f"worker {slot.index} did not start in {START_TIMEOUT:g} s"
+            ) from None
+        finally:
+            slot.ready = None
+        if ready.get("type") == "failed":
+            raise RuntimeError(f"worker {slot.index}: {ready.get('error')}")
+        slot.listeners = dict(ready.get("listeners", {}))
+        slot.failed = dict(ready.get("failed", {}))
+        slot.stats = ready.get("stats")
+        log.info("worker started", worker=slot.index, pid=process.pid)
+
+    async def _read(self, slot: WorkerSlot, reader: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                frame = await read_frame(reader)
+            except ValueError as exc:
+                log.error("worker sent a bad frame", worker=slot.index, error=str(exc))
+                frame = None
+            if frame is None:
+                break
+            kind = frame.get("type")
+            if kind in ("ready", "failed"):
+                if slot.ready is not None and not slot.ready.done():
+                    slot.ready.set_result(frame)
+                continue
+            if kind == "stats":
+                slot.stats = frame.get("stats")
+            if "listeners" in frame:
+                slot.listeners = dict(frame["listeners"])
+                slot.failed = dict(frame.get("failed", {}))
+            fut = slot.pending.pop(frame["id"], None) if "id" in frame else None
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
+        if slot.ready is not None and not slot.ready.done():
+            slot.ready.set_result({"type": "failed", "error": "exited before it was ready"})
+        for fut in slot.pending.values():
+            if not fut.done():
+                fut.set_result({"type": "gone"})
+        slot.pending.clear()
+
+    async def _watch(self, slot: WorkerSlot, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        if slot.writer is not None:
+            slot.writer.close()
+        if self._stopping or not self._running or slot.restarting:
+            return
+        lost = int((slot.stats or {}).get("allocations", 0))
+        if slot.stats is not None:
+            self._retired = sum_stats([self._retired, _counters_only(slot.stats)])
+        slot.stats = None
+        if self._draining and code == 0:
+            log.info("worker drained and exited", worker=slot.index, pid=process.pid)
+            return
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        log.error(
+            "worker died: restarting it",
+            worker=slot.index,
+            pid=process.pid,
+            cause=how,
+            allocations_lost=lost,
+        )
+        lived = time.monotonic() - slot.started_at
+        slot.restart_delay = (
+            RESTART_DELAY
+            if lived > STABLE_AFTER
+            else min(slot.restart_delay * 2, MAX_RESTART_DELAY)
+        )
+        asyncio.get_running_loop().create_task(self._restart(slot, slot.restart_delay))
+
+    async def _restart(self, slot: WorkerSlot, delay: float) -> None:
+        slot.restarting = True
+        try:
+            await asyncio.sleep(delay)
+            while not self._stopping and self._running:
+                try:
+                    await self._spawn(slot)
+                except (RuntimeError, OSError) as exc:
+                    log.error("worker restart failed", worker=slot.index, error=str(exc))
+                    await self._kill(slot)
+                    slot.restart_delay = min(slot.restart_delay * 2, MAX_RESTART_DELAY)
+                    await asyncio.sleep(slot.restart_delay)
+                    continue
+                self.restarts += 1
+                log.info(
+                    "worker restarted", worker=slot.index, pid=slot.pid, restarts=self.restarts
+                )
+                return
+        finally:
+            slot.restarting = False
+
+    async def _ask_all(self, frame: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        waits: list[asyncio.Future[dict[str, Any]]] = []
+        for slot in self.slots:
+            if not slot.alive or slot.writer is None:
+                continue
+            self._next_id += 1
+            fut: asyncio.Future[dict[str, Any]] = loop.create_future()
+            slot.pending[self._next_id] = fut
+            write_frame(slot.writer, {**frame, "id": self._next_id})
+            waits.append(fut)
+        if not waits:
+            return []
+        done, pending = await asyncio.wait(waits, timeout=timeout)
+        for fut in pending:
+            fut.cancel()
+        if pending:
+            raise TimeoutError(f"{len(pending)} worker(s) did not answer in {timeout:g} s")
+        return [f.result() for f in done]
+
+    def _broadcast(self, frame: dict[str, Any]) -> None:
+        for slot in self.slots:
+            if slot.alive and slot.writer is not None:
+                write_frame(slot.writer, frame)
+
+    def _dns_changed(self, resolved: Resolved) -> None:
+        self._broadcast({"type": "dns", "resolved": self._resolved()})
+
+    async def _stop_slot(self, slot: WorkerSlot) -> None:
+        if slot.writer is not None:
+            slot.writer.close()  # end of stream: the worker stops its server and exits
+        process = slot.process
+        if process is not None and process.returncode is None:
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+            except TimeoutError:
+                log.warning("worker did not stop: killing it", worker=slot.index, pid=process.pid)
+                await self._kill(slot)
+        for task in slot.tasks:
+            task.cancel()
+        for task in slot.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        slot.tasks = []
+
+    async def _kill(self, slot: WorkerSlot) -> None:
+        process = slot.process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()

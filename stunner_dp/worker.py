@@ -1,0 +1,202 @@
+"""A worker process of the multi-core daemon: `python -m stunner_dp.worker --fd N`.
+
+The supervisor (stunner_dp.supervisor) starts it with one end of a socket pair on fd N and
+talks to it in frames (4-byte big-endian length, then a JSON object):
+
+supervisor -> worker
+    ``init``      config (dict), nonce_secret (hex), resolved (STRICT_DNS names), draining,
+                  alternate_server, bind_host, software, log_levels, log_format; first frame
+    ``config``    id, config, resolved: apply it (the difference only), answer ``applied``
+    ``dns``       resolved: new STRICT_DNS answers
+    ``draining``  value: stop or resume taking new allocations (300 with an alternate server)
+    ``stats``     id: answer ``stats`` now
+worker -> supervisor
+    ``ready``     listeners (name -> port), failed (name -> reason), stats; or ``failed``, error
+    ``stats``     stats (`Server.stats()`), id when asked; also every STATS_INTERVAL seconds
+    ``applied``   id, error ("" when applied), listeners, failed
+
+Every listener socket is bound with SO_REUSEPORT, so all workers share the listener ports and
+the kernel spreads clients over them by 5-tuple; all share one nonce secret, so a nonce from
+one worker is good at any other. The worker exits when the socket pair closes (the supervisor
+stopped or died). SIGINT is ignored (a terminal's Ctrl-C is the supervisor's business);
+SIGTERM sent to a worker itself drains it: it exits once its last allocation is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import struct
+import sys
+from typing import Any
+
+import uvloop
+
+from stunner_dp.config import parse_config
+from stunner_dp.net.runtime import Server
+from stunner_dp.observe.logs import configure_logging, get_logger
+from stunner_dp.turn.access import PeerAccess
+
+STATS_INTERVAL = 1.0
+MAX_FRAME = 64 << 20
+_LEN = struct.Struct("!I")
+
+log = get_logger("stunner")
+
+
+async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
+    """The next frame, None at end of stream."""
+    try:
+        head = await reader.readexactly(_LEN.size)
+        (size,) = _LEN.unpack(head)
+        if size > MAX_FRAME:
+            raise ValueError(f"frame of {size} bytes")
+        body = await reader.readexactly(size)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    frame = json.loads(body)
+    if not isinstance(frame, dict):
+        raise ValueError("a frame is a JSON object")
+    return frame
+
+
+def write_frame(writer: asyncio.StreamWriter, frame: dict[str, Any]) -> None:
+    body = json.dumps(frame, separators=(",", ":")).encode()
+    writer.write(_LEN.pack(len(body)) + body)
+
+
+def _listener_state(server: Server) -> dict[str, Any]:
+    return {
+        "listeners": {name: lst.port for name, lst in server.listeners.items()},
+        "failed": dict(server.failed_listeners),
+    }
+
+
+class Worker:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.server: Server | None = None
+        self.resolved: dict[str, list[str]] = {}
+        self.self_draining = False
+
+    def send(self, frame: dict[str, Any]) -> None:
+        if not self.writer.is_closing():
+            write_frame(self.writer, frame)
+
+    async def run(self) -> int:
+        init = await read_frame(self.reader)
+        if init is None or init.get("type") != "init":
+            return 2
+        with contextlib.suppress(ValueError):
+            configure_logging(init.get("log_levels") or "all:INFO", init.get("log_format", "text"))
+        config = parse_config(init["config"])
+        alternate = init.get("alternate_server")
+        server = Server(
+            config,
+            nonce_secret=bytes.fromhex(init["nonce_secret"]),
+            software=init.get("software", ""),
+            alternate_server=(alternate[0], int(alternate[1])) if alternate else None,
+            reuse_port=True,
+            bind_host=init.get("bind_host"),
+        )
+        try:
+            await server.start()
+        except (RuntimeError, OSError) as exc:
+            await server.stop()
+            self.send({"type": "failed", "error": str(exc)})
+            await self.writer.drain()
+            return 1
+        self.server = server
+        assert server.turn is not None
+        server.turn.draining = bool(init.get("draining"))
+        self.resolved = init.get("resolved") or {}
+        if self.resolved:
+            server.turn.access = PeerAccess.from_config(config, self.resolved)
+        self.send({"type": "ready", **_listener_state(server), "stats": server.stats()})
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        reporter = loop.create_task(self._report_forever())
+        try:
+            while (frame := await read_frame(self.reader)) is not None:
+                await self.handle(frame)
+        finally:
+            reporter.cancel()
+            await server.stop()
+        return 0
+
+    async def handle(self, frame: dict[str, Any]) -> None:
+        server = self.server
+        assert server is not None and server.turn is not None
+        kind = frame.get("type")
+        if kind == "stats":
+            self.send({"type": "stats", "id": frame.get("id"), "stats": server.stats()})
+        elif kind == "config":
+            self.resolved = frame.get("resolved") or {}
+            error = ""
+            try:
+                config = parse_config(frame["config"])
+                await server.apply(config, PeerAccess.from_config(config, self.resolved))
+            except Exception as exc:  # the supervisor rolls back; keep running
+                error = repr(exc)
+            self.send(
+                {
+                    "type": "applied",
+                    "id": frame.get("id"),
+                    "error": error,
+                    **_listener_state(server),
+                }
+            )
+        elif kind == "dns":
+            self.resolved = frame.get("resolved") or {}
+            server.turn.access = PeerAccess.from_config(server.config, self.resolved)
+            server.turn.revalidate()
+            server.process_events()
+        elif kind == "draining":
+            server.turn.draining = bool(frame.get("value")) or self.self_draining
+
+    async def _report_forever(self) -> None:
+        server = self.server
+        assert server is not None
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            self.send({"type": "stats", "stats": server.stats()})
+            with contextlib.suppress(ConnectionError):
+                await self.writer.drain()
+            if self.self_draining and server.allocation_count == 0:
+                log.info("worker drained: exiting")
+                self.writer.close()  # the supervisor sees the stream end, then the exit
+                self.reader.feed_eof()
+
+    def _on_sigterm(self) -> None:
+        server = self.server
+        if server is None or server.turn is None:
+            return
+        log.info("worker got SIGTERM: draining", allocations=server.allocation_count)
+        self.self_draining = True
+        server.turn.draining = True
+
+
+async def worker_main(fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock)
+    try:
+        return await Worker(reader, writer).run()
+    finally:
+        writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m stunner_dp.worker")
+    p.add_argument("--fd", type=int, required=True, help="the socket to the supervisor")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return uvloop.run(worker_main(args.fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
