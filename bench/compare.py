@@ -1,0 +1,585 @@
+"""stunner-dp against coturn on the same machine, one command.
+
+    .venv/bin/python bench/compare.py            # full run (a few minutes)
+    .venv/bin/python bench/compare.py --quick    # about one minute
+    .venv/bin/python bench/compare.py --quick --only stunner --workers 2
+
+Starts each server on 127.0.0.1 (a free port, relay ports 20000-32767, one relay thread for
+coturn), pins it to one CPU (``--server-cpu``, default 0) and the load generator to another
+(``--gen-cpu``, default 1), and runs the same rate sweep against both in alternation
+(A B A B ...; a fresh server per round). Prints a table with the stunner-dp/coturn ratios and
+saves a plot and the raw figures under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import json
+import math
+import os
+import resource
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loadgen
+from loadgen import AllocResult, Creds, Generator, RunResult
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+USER, PASSWORD, REALM = "bench", "bench-pass", "bench.stunner-dp"
+REF_RATE = 20_000  # the rate the CPU-per-packet and latency figures are taken at
+STUNNER = "stunner-dp"
+COTURN = "coturn"
+
+
+# -- servers ---------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (outside the relay range)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def stunner_config(port: int, low: int, high: int, tcp: bool) -> str:
+    listeners = [("udp-listener", "TURN-UDP")] + ([("tcp-listener", "TURN-TCP")] if tcp else [])
+    lines = [
+        "version: v1",
+        "admin:",
+        "  name: bench",
+        "  loglevel: all:WARNING",
+        '  metrics_endpoint: ""',
+        '  healthcheck_endpoint: ""',
+        # All the generator's clients share 127.0.0.1: the per-IP limit on unauthenticated
+        # answers (anti-reflection) would throttle the Allocate benchmark. coturn has none.
+        "  unauth_rate_per_ip: 0",
+        "  auth_failures_per_user: 0",
+        "auth:",
+        "  type: static",
+        f"  realm: {REALM}",
+        f"  credentials: {{username: {USER}, password: {PASSWORD}}}",
+        "listeners:",
+    ]
+    for name, proto in listeners:
+        lines += [
+            f"  - name: {name}",
+            f"    protocol: {proto}",
+            "    address: 127.0.0.1",
+            f"    port: {port}",
+            f"    min_relay_port: {low}",
+            f"    max_relay_port: {high}",
+            "    routes: [loopback]",
+        ]
+    lines += [
+        "clusters:",
+        "  - name: loopback",
+        "    type: STATIC",
+        "    protocol: UDP",
+        '    endpoints: ["127.0.0.1/32"]',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def default_stunner_cmd() -> str:
+    exe = ROOT / ".venv" / "bin" / "stunnerd"
+    if not exe.exists():
+        found = shutil.which("stunnerd")
+        exe = Path(found) if found else exe
+    return f"{exe} -c {{config}} -l all:WARNING"
+
+
+def coturn_cmd(port: int, low: int, high: int, tmp: str) -> list[str]:
+    return [
+        "turnserver",
+        "-n",  # no config file
+        "--listening-ip=127.0.0.1",
+        "--relay-ip=127.0.0.1",
+        f"--listening-port={port}",
+        f"--min-port={low}",
+        f"--max-port={high}",
+        "--relay-threads=1",
+        "--lt-cred-mech",
+        f"--user={USER}:{PASSWORD}",
+        f"--realm={REALM}",
+        "--allow-loopback-peers",
+        "--no-cli",
+        "--no-tls",
+        "--no-dtls",
+        "--no-rfc5780",
+        "--no-stdout-log",
+        "--log-file=/dev/null",
+        "--simple-log",
+        f"--pidfile={tmp}/turnserver.pid",
+    ]
+
+
+def _preexec(cpus: set[int]) -> Callable[[], None]:
+    def run() -> None:
+        os.sched_setaffinity(0, cpus)  # inherited by every thread and worker process
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    return run
+
+
+def stun_ping(port: int, timeout: float) -> bool:
+    """True once a STUN Binding request to 127.0.0.1:port is answered."""
+    req = loadgen.stun.encode_message(
+        loadgen.stun.METHOD_BINDING, loadgen.stun.CLASS_REQUEST, os.urandom(12)
+    )
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.1)
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                s.sendto(req, ("127.0.0.1", port))
+                if s.recv(2048):
+                    return True
+    return False
+
+
+class ServerProc:
+    """One server process, pinned, stopped by its PID whatever happens."""
+
+    def __init__(self, name: str, argv: list[str], port: int, cpus: set[int], log: Path) -> None:
+        self.name = name
+        self.port = port
+        self.argv = argv
+        self._log = log.open("ab")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            preexec_fn=_preexec(cpus),
+            start_new_session=True,
+            cwd=str(ROOT),
+        )
+        _running[self.proc.pid] = self.proc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.argv}")
+            if stun_ping(self.port, 0.5):
+                return
+        raise RuntimeError(f"{self.name} did not answer on port {self.port} in {timeout:.0f} s")
+
+    def stop(self) -> None:
+        stop_pid(self.proc)
+        self._log.close()
+
+
+_running: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def stop_pid(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT (stunnerd: exit now, no drain), then SIGKILL; the process group too (workers)."""
+    if proc.poll() is None:
+        for sig, wait in ((signal.SIGINT, 10.0), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, sig)
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+    # Worker processes left behind share the server's session (start_new_session).
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    _running.pop(proc.pid, None)
+
+
+def _stop_all() -> None:
+    for proc in list(_running.values()):
+        stop_pid(proc)
+
+
+atexit.register(_stop_all)
+
+
+# -- one round against one server ------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    server: str
+    index: int
+    sweep: list[RunResult] = field(default_factory=list)
+    echo: RunResult | None = None
+    alloc: AllocResult | None = None
+    clients: int = 0
+    client_errors: dict[str, int] = field(default_factory=dict)
+
+    def at(self, rate: float) -> RunResult | None:
+        runs = [r for r in self.sweep if r.rate == rate]
+        return runs[0] if runs else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "index": self.index,
+            "clients": self.clients,
+            "client_errors": self.client_errors,
+            "sweep": [r.as_dict() for r in self.sweep],
+            "echo": self.echo.as_dict() if self.echo else None,
+            "alloc": asdict(self.alloc) if self.alloc else None,
+        }
+
+
+@dataclass
+class Options:
+    quick: bool = False
+    servers: tuple[str, ...] = (STUNNER, COTURN)
+    rounds: int = 2
+    duration: float = 3.0
+    rates: list[float] = field(default_factory=list)
+    clients: int = 100
+    allocations: int = 10_000
+    size: int = 160
+    transport: str = "udp"
+    workers: int = 0
+    stunner_cmd: str = ""
+    server_cpu: int = 0
+    gen_cpus: list[int] = field(default_factory=lambda: [1])
+    procs: int = 2
+    relay_low: int = 20_000
+    relay_high: int = 32_767
+    plot: bool = True
+    verbose: bool = True
+    out_dir: Path = RESULTS
+
+
+def start_server(name: str, opts: Options, tmp: str) -> ServerProc:
+    port = free_port()
+    cpus = {opts.server_cpu}
+    log = Path(tmp, f"{name}.log")
+    if name == COTURN:
+        argv = coturn_cmd(port, opts.relay_low, opts.relay_high, tmp)
+    else:
+        cfg = Path(tmp, "stunnerd.yaml")
+        cfg.write_text(
+            stunner_config(port, opts.relay_low, opts.relay_high, opts.transport == "tcp")
+        )
+        template = opts.stunner_cmd or default_stunner_cmd()
+        argv = [a.format(config=cfg, port=port) for a in shlex.split(template)]
+        if opts.workers:
+            argv += ["-u", str(opts.workers)]
+    server = ServerProc(name, argv, port, cpus, log)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def run_round(gen: Generator, name: str, index: int, opts: Options, tmp: str) -> Round:
+    say = print if opts.verbose else (lambda *a, **k: None)
+    rnd = Round(name, index)
+    server = start_server(name, opts, tmp)
+    try:
+        addr = ("127.0.0.1", server.port)
+        creds = Creds(USER, PASSWORD)
+        tcp = opts.transport == "tcp"
+        done, failed, secs = gen.setup(addr, creds, opts.clients, tcp=tcp)
+        rnd.clients, rnd.client_errors = done, dict(gen.last_errors)
+        say(
+            f"  [{name} #{index}] {done} clients ready in {secs:.2f} s"
+            + (f", {failed} failed {gen.last_errors}" if failed else "")
+        )
+        if done == 0:
+            raise RuntimeError(f"{name}: no client could allocate: {gen.last_errors}")
+
+        def show(r: RunResult) -> None:
+            say(f"  [{name} #{index}] {loadgen.fmt_run(r)}")
+
+        rnd.sweep = gen.sweep(
+            opts.rates, opts.duration, size=opts.size, server_pid=server.pid, on_result=show
+        )
+        rnd.echo = gen.run(
+            REF_RATE / 2, opts.duration, size=opts.size, echo=True, server_pid=server.pid
+        )
+        show(rnd.echo)
+        if opts.allocations:
+            rnd.alloc = gen.allocation_rate(addr, creds, opts.allocations, server.pid, tcp=tcp)
+            a = rnd.alloc
+            say(
+                f"  [{name} #{index}] {a.allocations} allocations ({a.failed} failed) at "
+                f"{a.per_second:.0f}/s, {a.bytes_per_allocation:.0f} B RSS each"
+                + (f" {gen.last_errors}" if a.failed else "")
+            )
+    finally:
+        gen.reset()
+        server.stop()
+    return rnd
+
+
+# -- summary ---------------------------------------------------------------------------------------
+
+
+def _mean(values: list[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return statistics.fmean(vals) if vals else float("nan")
+
+
+def summarize(rounds: list[Round]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name in dict.fromkeys(r.server for r in rounds):
+        mine = [r for r in rounds if r.server == name]
+        ref = [r.at(REF_RATE) for r in mine]
+        ref_ok = [r for r in ref if r is not None]
+        out[name] = {
+            "cpu_us_per_pkt": _mean([r.cpu_us_per_pkt for r in ref_ok]),
+            "max_lossless_pps": _mean([loadgen.max_lossless(r.sweep) for r in mine]),
+            "allocs_per_s": _mean([r.alloc.per_second for r in mine if r.alloc]),
+            "bytes_per_alloc": _mean([r.alloc.bytes_per_allocation for r in mine if r.alloc]),
+            "ow_p50_us": _mean([r.ow_p50_us for r in ref_ok]),
+            "ow_p99_us": _mean([r.ow_p99_us for r in ref_ok]),
+            "rtt_p50_us": _mean([r.echo.rtt_p50_us for r in mine if r.echo]),
+            "rtt_p99_us": _mean([r.echo.rtt_p99_us for r in mine if r.echo]),
+            "loss_at_ref_pct": _mean([r.loss_pct for r in ref_ok]),
+        }
+    return out
+
+
+ROWS = [
+    ("cpu_us_per_pkt", f"server CPU per relayed packet at {REF_RATE // 1000} kpps (µs)", "{:.2f}"),
+    ("max_lossless_pps", "max lossless rate, loss < 1 % (packets/s)", "{:,.0f}"),
+    ("allocs_per_s", "allocations/s (Allocate 401+auth, CreatePermission, ChannelBind)", "{:,.0f}"),
+    ("bytes_per_alloc", "memory per allocation (RSS bytes)", "{:,.0f}"),
+    ("ow_p50_us", f"one-way latency p50 at {REF_RATE // 1000} kpps (µs)", "{:,.0f}"),
+    ("ow_p99_us", f"one-way latency p99 at {REF_RATE // 1000} kpps (µs)", "{:,.0f}"),
+    (
+        "rtt_p99_us",
+        f"round-trip latency p99, echo at {REF_RATE // 2000} kpps each way (µs)",
+        "{:,.0f}",
+    ),
+]
+
+
+def table(summary: dict[str, dict[str, float]], ceiling: float) -> str:
+    names = list(summary)
+    both = STUNNER in summary and COTURN in summary
+    head = ["metric", *names] + (["stunner-dp / coturn"] if both else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, label, fmt in ROWS:
+        cells = [label]
+        for n in names:
+            v = summary[n][key]
+            cells.append("n/a" if math.isnan(v) else fmt.format(v))
+        if both:
+            a, b = summary[STUNNER][key], summary[COTURN][key]
+            cells.append(f"{a / b:.2f}" if b and not math.isnan(a / b) else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(f"\ngenerator ceiling (plain UDP sink, no server): {ceiling:,.0f} packets/s")
+    for n in names:
+        if summary[n]["max_lossless_pps"] >= 0.9 * ceiling:
+            lines.append(
+                f"note: {n}'s max lossless rate is near the generator ceiling: a lower bound"
+            )
+    return "\n".join(lines)
+
+
+def plot(rounds: list[Round], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e .[bench]): no plot")
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    colors = {STUNNER: "tab:blue", COTURN: "tab:orange"}
+    for rnd in rounds:
+        xs = [r.offered_pps / 1000 for r in rnd.sweep]
+        c = colors.get(rnd.server, "tab:gray")
+        lbl = f"{rnd.server} #{rnd.index}"
+        ax1.plot(
+            xs, [r.delivered_pps / 1000 for r in rnd.sweep], "o-", color=c, label=lbl, alpha=0.8
+        )
+        ax2.plot(
+            xs,
+            [r.ow_p99_us / 1000 for r in rnd.sweep],
+            "o-",
+            color=c,
+            label=f"{lbl} p99",
+            alpha=0.8,
+        )
+        ax2.plot(
+            xs,
+            [r.ow_p50_us / 1000 for r in rnd.sweep],
+            "x--",
+            color=c,
+            label=f"{lbl} p50",
+            alpha=0.6,
+        )
+    top = max((r.offered_pps / 1000 for rnd in rounds for r in rnd.sweep), default=1)
+    ax1.plot([0, top], [0, top], ":", color="gray", label="lossless")
+    ax1.set(xlabel="offered (kpps)", ylabel="delivered (kpps)", title="relayed rate, one way")
+    ax2.set(xlabel="offered (kpps)", ylabel="one-way latency (ms)", title="latency", yscale="log")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def run(opts: Options) -> dict[str, Any]:
+    """The whole comparison; returns every figure (also written as JSON under out_dir)."""
+    say = print if opts.verbose else (lambda *a, **k: None)
+    servers = list(opts.servers)
+    if COTURN in servers and not shutil.which("turnserver"):
+        say("turnserver is not installed: stunner-dp only")
+        servers.remove(COTURN)
+    rounds: list[Round] = []
+    t0 = time.monotonic()
+    with (
+        tempfile.TemporaryDirectory(prefix="stunner-bench-") as tmp,
+        Generator(opts.procs, opts.gen_cpus) as gen,
+    ):
+        ceil = gen.ceiling(size=opts.size, duration=min(1.0, opts.duration))
+        say(
+            f"generator ceiling: {ceil.delivered_pps:,.0f} pps into a plain UDP sink "
+            f"({opts.procs} sender processes on CPU {opts.gen_cpus})"
+        )
+        gen.reset()
+        if not opts.rates:
+            opts.rates = loadgen.default_rates(ceil.delivered_pps, opts.quick)
+            if REF_RATE not in opts.rates:
+                opts.rates = sorted({*opts.rates, REF_RATE})
+        try:
+            for i in range(opts.rounds):
+                for name in servers:  # A B A B ...
+                    rounds.append(run_round(gen, name, i + 1, opts, tmp))
+        finally:
+            _stop_all()
+            logs = {p.name: p.read_text(errors="replace")[-2000:] for p in Path(tmp).glob("*.log")}
+    summary = summarize(rounds)
+    text = table(summary, ceil.delivered_pps)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    png = plot(rounds, opts.out_dir / f"compare-{stamp}.png") if opts.plot else None
+    result = {
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "seconds": time.monotonic() - t0,
+        "ceiling_pps": ceil.delivered_pps,
+        "summary": summary,
+        "table": text,
+        "rounds": [r.to_dict() for r in rounds],
+        "rates": opts.rates,
+        "plot": str(png) if png else None,
+        "server_logs_tail": logs,
+    }
+    (opts.out_dir / f"compare-{stamp}.json").write_text(json.dumps(result, indent=1, default=str))
+    say("\n" + text)
+    if png:
+        say(f"\nplot: {png}")
+    say(f"raw figures: {opts.out_dir / f'compare-{stamp}.json'} ({result['seconds']:.0f} s)")
+    return result
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    p = argparse.ArgumentParser(
+        description="Benchmark stunner-dp against coturn (see the README, Performance)."
+    )
+    p.add_argument("--quick", action="store_true", help="about one minute")
+    p.add_argument("--only", choices=("stunner", "coturn"), help="benchmark one server")
+    p.add_argument(
+        "--server-cmd",
+        default="",
+        help="stunner-dp's command; {config} and {port} are filled in "
+        "(default: .venv/bin/stunnerd -c {config} -l all:WARNING)",
+    )
+    p.add_argument("--workers", type=int, default=0, help="stunnerd -u N (worker processes)")
+    p.add_argument("--rounds", type=int, help="alternations A B (default 2)")
+    p.add_argument("--duration", type=float, help="seconds per rate step (default 3, quick 1)")
+    p.add_argument("--rates", default="", help="comma-separated packets/s, e.g. 5000,20000")
+    p.add_argument("--clients", type=int, default=100, help="traffic allocations")
+    p.add_argument(
+        "--allocations",
+        type=int,
+        help="allocations for the alloc/s + memory test (default 10000, quick 2000; 0 skips it)",
+    )
+    p.add_argument("--size", type=int, default=160, help="payload bytes per packet")
+    p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
+    p.add_argument("--server-cpu", type=int, default=0)
+    p.add_argument("--gen-cpus", default="1", help="CPUs for the generator, e.g. 1 or 1,2")
+    p.add_argument("--procs", type=int, default=2, help="generator sender processes")
+    p.add_argument("--relay-range", default="20000-32767", help="relay ports LOW-HIGH")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where plot and JSON go")
+    a = p.parse_args(argv)
+    low, _, high = a.relay_range.partition("-")
+    servers = {"stunner": (STUNNER,), "coturn": (COTURN,), None: (STUNNER, COTURN)}[a.only]
+    return Options(
+        quick=a.quick,
+        servers=servers,
+        rounds=a.rounds if a.rounds is not None else 2,
+        duration=a.duration if a.duration is not None else (1.0 if a.quick else 3.0),
+        rates=[float(r) for r in a.rates.split(",") if r],
+        clients=a.clients,
+        allocations=a.allocations if a.allocations is not None else (2_000 if a.quick else 10_000),
+        size=a.size,
+        transport=a.transport,
+        workers=a.workers,
+        stunner_cmd=a.server_cmd,
+        server_cpu=a.server_cpu,
+        gen_cpus=[int(c) for c in a.gen_cpus.split(",") if c],
+        procs=a.procs,
+        relay_low=int(low),
+        relay_high=int(high),
+        plot=not a.no_plot,
+        out_dir=a.out,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    try:
+        run(opts)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        _stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
