@@ -131,7 +131,11 @@ async def turn_client(
     proto.receiver = rx
     client = TurnClient(proto, rx)
     try:
-        client.relay = await asyncio.wait_for(proto.connect(), DEADLINE)
+        try:
+            client.relay = await asyncio.wait_for(proto.connect(), DEADLINE)
+        except aiostun.TransactionFailed as exc:
+            exc.raw_datagrams = list(proto.raw)  # type: ignore[attr-defined]
+            raise
         yield client
     finally:
         if proto.refresh_task is not None:
