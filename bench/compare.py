@@ -138,7 +138,9 @@ def coturn_cmd(port: int, low: int, high: int, tmp: str) -> list[str]:
 
 def _preexec(cpus: set[int]) -> Callable[[], None]:
     def run() -> None:
-        os.sched_setaffinity(0, cpus)  # inherited by every thread and worker process
+        if cpus:
+            with contextlib.suppress(OSError):  # inherited by every thread and worker process
+                os.sched_setaffinity(0, cpus)
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -269,8 +271,10 @@ class Options:
     transport: str = "udp"
     workers: int = 0
     stunner_cmd: str = ""
-    server_cpu: int = 0
-    gen_cpus: list[int] = field(default_factory=lambda: [1])
+    server_cpu: int | None = 0  # None: no pinning
+    gen_cpus: list[int] | None = field(default_factory=lambda: [1])
+    echo_rate: float = REF_RATE / 2
+    ceiling_duration: float = 1.0
     procs: int = 2
     relay_low: int = 20_000
     relay_high: int = 32_767
@@ -281,7 +285,7 @@ class Options:
 
 def start_server(name: str, opts: Options, tmp: str) -> ServerProc:
     port = free_port()
-    cpus = {opts.server_cpu}
+    cpus = {opts.server_cpu} if opts.server_cpu is not None else set()
     log = Path(tmp, f"{name}.log")
     if name == COTURN:
         argv = coturn_cmd(port, opts.relay_low, opts.relay_high, tmp)
@@ -327,7 +331,7 @@ def run_round(gen: Generator, name: str, index: int, opts: Options, tmp: str) ->
             opts.rates, opts.duration, size=opts.size, server_pid=server.pid, on_result=show
         )
         rnd.echo = gen.run(
-            REF_RATE / 2, opts.duration, size=opts.size, echo=True, server_pid=server.pid
+            opts.echo_rate, opts.duration, size=opts.size, echo=True, server_pid=server.pid
         )
         show(rnd.echo)
         if opts.allocations:
@@ -474,7 +478,7 @@ def run(opts: Options) -> dict[str, Any]:
         tempfile.TemporaryDirectory(prefix="stunner-bench-") as tmp,
         Generator(opts.procs, opts.gen_cpus) as gen,
     ):
-        ceil = gen.ceiling(size=opts.size, duration=min(1.0, opts.duration))
+        ceil = gen.ceiling(size=opts.size, duration=opts.ceiling_duration)
         say(
             f"generator ceiling: {ceil.delivered_pps:,.0f} pps into a plain UDP sink "
             f"({opts.procs} sender processes on CPU {opts.gen_cpus})"

@@ -140,6 +140,36 @@ def udp_drops(port: int) -> int:
     return 0
 
 
+def socket_drops(pid: int) -> int:
+    """Receive-overflow drops summed over every UDP socket of ``pid`` and its descendants: where
+    a server loses packets before it reads them (its socket buffers overflowed)."""
+    inodes: set[str] = set()
+    for p in descendants(pid):
+        try:
+            fds = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{p}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if parts[9] in inodes:
+                total += int(parts[-1])
+    return total
+
+
 # -- the TURN client handshake --------------------------------------------------------------------
 
 
@@ -710,6 +740,7 @@ class RunResult:
     server_cpu_pct: float = float("nan")
     send_errors: int = 0
     sink_drops: int = 0
+    server_drops: int = 0
     echo: bool = False
     duration: float = 0.0
     rate: float = 0.0
@@ -884,10 +915,12 @@ class Generator:
         drops0 = udp_drops(self.sink_port)
         start_ns = time.perf_counter_ns() + 50_000_000
         cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
+        sdrops0 = socket_drops(server_pid) if server_pid else 0
         shares = [rate / self.procs] * self.procs
         cmds = [("run", rid, r, duration, size, start_ns, echo, raw) for r in shares]
         replies = self._ask_all(cmds, duration + DRAIN_S + 30)
         cpu1 = cpu_seconds(server_pid) if server_pid else 0.0
+        sdrops1 = socket_drops(server_pid) if server_pid else 0
         sink.send(("end", rid))
         if not sink.poll(30):
             raise RuntimeError("the sink did not answer")
@@ -919,6 +952,7 @@ class Generator:
             else float("nan"),
             send_errors=sum(r["errors"] for r in replies),
             sink_drops=s["drops"] - drops0,
+            server_drops=sdrops1 - sdrops0,
             echo=echo,
             duration=duration,
             rate=rate,
@@ -970,6 +1004,7 @@ def fmt_run(r: RunResult) -> str:
         f"offered {r.offered_pps:9.0f} pps  delivered {r.delivered_pps:9.0f} pps  "
         f"loss {r.loss_pct:6.2f} %  one-way p50/p99 {r.ow_p50_us:7.0f}/{r.ow_p99_us:7.0f} us"
         f"{rtt}  cpu {r.cpu_us_per_pkt:6.2f} us/pkt"
+        + (f"  drops: server {r.server_drops} sink {r.sink_drops}" if r.loss_pct > 0 else "")
     )
 
 
@@ -995,12 +1030,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus", default="", help="CPUs for the generator, e.g. 1 or 1,2")
     p.add_argument("--allocations", type=int, default=0, help="then N allocations: rate + RSS")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument(
+        "--ceiling", type=float, default=1.0, help="seconds of the ceiling run (0 skips it)"
+    )
     args = p.parse_args(argv)
     cpus = [int(c) for c in args.cpus.split(",") if c] or None
     creds = Creds(args.user, args.password)
     with Generator(args.procs, cpus) as gen:
-        ceil = gen.ceiling(size=args.size)
-        print(f"generator ceiling: {ceil.delivered_pps:.0f} pps into a plain UDP sink")
+        if args.ceiling > 0:
+            ceil = gen.ceiling(size=args.size, duration=args.ceiling)
+            print(f"generator ceiling: {ceil.delivered_pps:.0f} pps into a plain UDP sink")
+            gen.reset()
         done, failed, secs = gen.setup(
             args.server, creds, args.clients, tcp=args.transport == "tcp"
         )

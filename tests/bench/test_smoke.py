@@ -1,0 +1,92 @@
+"""A smoke run of bench/compare.py (and so bench/loadgen.py): tiny rates, a few seconds.
+
+It checks that the benchmark still runs end to end and relays packets through each server
+(coturn too when `turnserver` is installed). It asserts no speed: bench/ measures, tests don't.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import compare  # noqa: E402
+import loadgen  # noqa: E402
+
+SERVERS = [compare.STUNNER] + ([compare.COTURN] if shutil.which("turnserver") else [])
+
+
+@pytest.fixture
+def relay_window() -> tuple[int, int]:
+    low = random.randrange(30000, 32767 - 100)
+    return low, low + 99
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_compare_smoke(tmp_path: Path, relay_window: tuple[int, int], transport: str) -> None:
+    opts = compare.Options(
+        servers=tuple(SERVERS),
+        rounds=1,
+        duration=0.4,
+        rates=[200.0, 500.0],
+        clients=4,
+        allocations=20,
+        transport=transport,
+        server_cpu=None,
+        gen_cpus=None,
+        echo_rate=200.0,
+        ceiling_duration=0.2,
+        relay_low=relay_window[0],
+        relay_high=relay_window[1],
+        plot=False,
+        verbose=False,
+        out_dir=tmp_path,
+    )
+    result = compare.run(opts)
+    assert [r["server"] for r in result["rounds"]] == SERVERS
+    for rnd in result["rounds"]:
+        assert rnd["clients"] == 4, rnd["client_errors"]
+        assert [r["rate"] for r in rnd["sweep"]] == [200.0, 500.0]
+        for run in rnd["sweep"]:
+            assert run["sent"] > 0
+            assert run["received"] > 0, f"{rnd['server']}: nothing relayed"
+            assert run["ow_p50_us"] > 0
+        assert rnd["echo"]["delivered_pps"] > 0, f"{rnd['server']}: nothing echoed back"
+        assert rnd["alloc"]["allocations"] == 20
+    assert result["ceiling_pps"] > 0
+    assert "stunner-dp" in result["table"]
+    assert list(tmp_path.glob("compare-*.json"))
+
+
+def test_loadgen_cli_without_server_fails_cleanly() -> None:
+    """Nobody listens: every client fails its handshake, the command says so and exits 1."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never read: requests go unanswered
+        loadgen.RTO_S, old = 0.05, loadgen.RTO_S
+        try:
+            code = loadgen.main(
+                [
+                    "--server",
+                    f"127.0.0.1:{port}",
+                    "--clients",
+                    "2",
+                    "--duration",
+                    "0.2",
+                    "--procs",
+                    "1",
+                    "--ceiling",
+                    "0",
+                ]
+            )
+        finally:
+            loadgen.RTO_S = old
+    assert code == 1
