@@ -22,8 +22,7 @@ COPY stunner_dp ./stunner_dp
 # pip trusts the CA bundle from the optional build secret `pip_cert` (only when non-empty).
 RUN --mount=type=secret,id=pip_cert,target=/run/secrets/pip_cert \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
-    /opt/build/bin/pip wheel --prefer-binary --wheel-dir /wheels . \
-    && ls /wheels
+    /opt/build/bin/pip wheel --prefer-binary --wheel-dir /wheels .
 
 FROM ${BASE}
 ARG VERSION=0.1.0
@@ -33,7 +32,6 @@ LABEL org.opencontainers.image.title="stunner-dp" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="MIT" \
-      org.opencontainers.image.source="https://example.invalid/stunner-dp" \
       org.opencontainers.image.vendor="stunner-dp"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -45,7 +43,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-index --find-links=/wheels stunner-dp \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
-    && useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+    && groupadd --gid 10001 stunner \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin stunner \
     && stunnerd --version
 COPY config/stunnerd.yaml /etc/stunner/stunnerd.yaml
