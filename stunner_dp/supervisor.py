@@ -53,6 +53,8 @@ STABLE_AFTER = 10.0  # a worker that lived this long is "stable": restart delay 
 
 # Listener fields that are gauges: a dead worker's values are dropped, not kept.
 GAUGES = frozenset({"connections", "streams"})
+# Server-wide counters of a snapshot (summed like the rows).
+SERVER_COUNTERS = ("auth_failures", "auth_locked", "rate_limited", "malformed")
 
 
 def _add_rows(into: dict[str, dict[str, int]], rows: Mapping[str, Mapping[str, int]]) -> None:
@@ -69,12 +71,13 @@ def sum_stats(snapshots: list[Mapping[str, Any]]) -> dict[str, Any]:
     """The sum of `Server.stats()` snapshots (listener/cluster rows added field by field)."""
     listeners: dict[str, dict[str, int]] = {}
     clusters: dict[str, dict[str, int]] = {}
-    allocations = 0
+    totals = dict.fromkeys(("allocations", *SERVER_COUNTERS), 0)
     for snap in snapshots:
-        allocations += int(snap.get("allocations", 0))
+        for key in totals:
+            totals[key] += int(snap.get(key, 0))
         _add_rows(listeners, snap.get("listeners", {}))
         _add_rows(clusters, snap.get("clusters", {}))
-    return {"allocations": allocations, "listeners": listeners, "clusters": clusters}
+    return {**totals, "listeners": listeners, "clusters": clusters}
 
 
 def _counters_only(snap: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,7 +86,13 @@ def _counters_only(snap: Mapping[str, Any]) -> dict[str, Any]:
         name: {k: (0 if k in GAUGES else v) for k, v in row.items()}
         for name, row in snap.get("listeners", {}).items()
     }
-    return {"allocations": 0, "listeners": listeners, "clusters": dict(snap.get("clusters", {}))}
+    counters = {key: int(snap.get(key, 0)) for key in SERVER_COUNTERS}
+    return {
+        "allocations": 0,
+        **counters,
+        "listeners": listeners,
+        "clusters": dict(snap.get("clusters", {})),
+    }
 
 
 @dataclass(eq=False)

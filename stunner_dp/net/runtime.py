@@ -289,7 +289,16 @@ class Server:
             for perm in alloc.permissions.values():
                 add(alloc.listener, perm, channel=False)
         clusters.pop("", None)
-        return {"allocations": turn.allocation_count, "listeners": listeners, "clusters": clusters}
+        return {
+            "allocations": turn.allocation_count,
+            "listeners": listeners,
+            "clusters": clusters,
+            # abuse counters of the state machine, server-wide
+            "auth_failures": turn.auth_failures,
+            "auth_locked": turn.auth_locked,
+            "rate_limited": turn.rate_limited,
+            "malformed": turn.malformed,
+        }
 
     def process_events(self) -> None:
         turn = self.turn

@@ -34,6 +34,11 @@ restarted by a reconfiguration keeps its counters):
     the client-facing traffic of this server (peer-facing traffic is in the cluster metrics).
 ``stunner_connections_total``
     The sum over all listeners of ``stunner_listener_connections_total``.
+``stunner_auth_failures_total``, ``stunner_auth_locked_total``,
+``stunner_rate_limited_requests_total``, ``stunner_malformed_packets_total``
+    Server-wide: signed requests with refused credentials; requests answered 401 unchecked
+    because their user is locked out after too many failures; unauthenticated requests dropped
+    by the per-IP answer rate limit; packets that were neither STUN nor ChannelData.
 
 With worker processes (``--udp-thread-num``) every figure is the sum over the workers; the
 counts of a worker that died are kept (up to its last report), its gauges are dropped.
@@ -82,6 +87,30 @@ REFRESH_TIMEOUT = 1.0  # seconds a scrape waits for fresh worker figures
 
 log = get_logger("metrics")
 
+# (stats key, metric family, help): server-wide counters of the state machine
+SERVER_COUNTERS = (
+    (
+        "auth_failures",
+        "stunner_auth_failures",
+        "Signed requests whose credentials were refused (unknown user, wrong password, "
+        "expired ephemeral username)",
+    ),
+    (
+        "auth_locked",
+        "stunner_auth_locked",
+        "Requests answered 401 unchecked because their user had too many failures",
+    ),
+    (
+        "rate_limited",
+        "stunner_rate_limited_requests",
+        "Requests dropped unanswered by the per-IP limit on unauthenticated answers",
+    ),
+    (
+        "malformed",
+        "stunner_malformed_packets",
+        "Packets from clients that were neither valid STUN nor valid ChannelData",
+    ),
+)
 LISTENER_DIRECTIONS = (("rx", "rx_packets", "rx_bytes"), ("tx", "tx_packets", "tx_bytes"))
 
 
@@ -170,6 +199,8 @@ class StatsCollector:
             "Client connections: sum of stunner_listener_connections_total over listeners",
             conn_sum,
         )
+        for key, metric, doc in SERVER_COUNTERS:
+            yield CounterMetricFamily(metric, doc, stats.get(key, 0))
         if "workers" in stats:
             yield GaugeMetricFamily("stunner_workers", "Worker processes running", stats["workers"])
             yield CounterMetricFamily(

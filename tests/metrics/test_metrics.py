@@ -228,3 +228,21 @@ def test_worker_figures_and_sums() -> None:
     assert families[("stunner_connections", "counter")] == 9
     assert families[("stunner_workers", "gauge")] == 3
     assert families[("stunner_worker_restarts", "counter")] == 1
+
+
+async def test_auth_failures_counted() -> None:
+    endpoints = HttpEndpoints()
+    async with start_turn_server() as ts:
+        metrics = MetricsServer(endpoints, ts.server.stats)
+        await metrics.configure("http://127.0.0.1:0/metrics")
+        assert metrics.port
+        try:
+            for _ in range(3):
+                async with TurnClient(ts.address, "udp", timeout=TIMEOUT) as client:
+                    assert error_code(await client.allocate(ts.username, "wrong"))[0] == 401
+            m = parse((await scrape(metrics.port))[1])
+        finally:
+            await endpoints.close()
+    assert value(m, "stunner_auth_failures_total") == 3
+    assert value(m, "stunner_allocations_active") == 0
+    assert value(m, "stunner_malformed_packets_total") == 0

@@ -21,6 +21,7 @@ import aiohttp
 from aioice.turn import create_turn_endpoint
 from prometheus_client.parser import text_string_to_metric_families
 
+from stunner_dp.probe import TurnClient, error_code
 from stunner_dp.testing import free_port, make_config, relay_window, udp_echo_peer
 
 CLIENTS = 20
@@ -197,7 +198,12 @@ async def test_two_workers_restart_and_sum(tmp_path: Path) -> None:
                 clients.append(relay)
                 await relay_through(relay, receiver, peer, f"c{n}")
 
+            for _ in range(6):  # refused credentials, counted by whichever worker got them
+                async with TurnClient(daemon.address, "udp", timeout=TIMEOUT) as bad:
+                    assert error_code(await bad.allocate("test-user", "wrong"))[0] == 401
+
             m = await daemon.metrics()
+            assert metric(m, "stunner_auth_failures_total") == 6
             assert metric(m, "stunner_workers") == 2
             assert metric(m, "stunner_allocations_active") == CLIENTS
             per_worker = {
@@ -245,6 +251,7 @@ async def test_two_workers_restart_and_sum(tmp_path: Path) -> None:
                 == CLIENTS * PACKETS
             )
             assert metric(m, "stunner_connections_total") == CLIENTS
+            assert metric(m, "stunner_auth_failures_total") == 6
             assert "worker died" in daemon.log.read_text()
 
             # new allocations succeed (wherever the kernel puts them)
