@@ -397,11 +397,12 @@ class Daemon:
     async def drain(self) -> str:
         """Drain, returning once no allocation is left or the grace period is over."""
         self.begin_drain()
-        try:
-            await asyncio.wait_for(self.dataplane.wait_idle(), self.options.grace_period)
-            reason = "no allocation left"
-        except TimeoutError:
-            reason = "grace period over"
+        reason = "no allocation left"
+        if self.dataplane.allocation_count > 0:
+            try:
+                await asyncio.wait_for(self.dataplane.wait_idle(), self.options.grace_period)
+            except TimeoutError:
+                reason = "grace period over"
         log.info("drain finished", reason=reason, allocations_left=self.dataplane.allocation_count)
         return reason
 
