@@ -275,6 +275,7 @@ class Options:
     gen_cpus: list[int] | None = field(default_factory=lambda: [1])
     echo_rate: float = REF_RATE / 2
     ceiling_duration: float = 1.0
+    refine: int = 2  # bisection steps for the max lossless rate
     procs: int = 2
     relay_low: int = 20_000
     relay_high: int = 32_767
@@ -328,7 +329,12 @@ def run_round(gen: Generator, name: str, index: int, opts: Options, tmp: str) ->
             say(f"  [{name} #{index}] {loadgen.fmt_run(r)}")
 
         rnd.sweep = gen.sweep(
-            opts.rates, opts.duration, size=opts.size, server_pid=server.pid, on_result=show
+            opts.rates,
+            opts.duration,
+            size=opts.size,
+            server_pid=server.pid,
+            refine=opts.refine,
+            on_result=show,
         )
         rnd.echo = gen.run(
             opts.echo_rate, opts.duration, size=opts.size, echo=True, server_pid=server.pid
@@ -339,7 +345,8 @@ def run_round(gen: Generator, name: str, index: int, opts: Options, tmp: str) ->
             a = rnd.alloc
             say(
                 f"  [{name} #{index}] {a.allocations} allocations ({a.failed} failed) at "
-                f"{a.per_second:.0f}/s, {a.bytes_per_allocation:.0f} B RSS each"
+                f"{a.per_second:.0f}/s, {a.bytes_per_allocation:.0f} B RSS each "
+                f"(server {a.server_cpu_pct:.0f} % cpu, generator {a.gen_cpu_pct:.0f} %)"
                 + (f" {gen.last_errors}" if a.failed else "")
             )
     finally:
@@ -383,21 +390,23 @@ ROWS = [
     ("bytes_per_alloc", "memory per allocation (RSS bytes)", "{:,.0f}"),
     ("ow_p50_us", f"one-way latency p50 at {REF_RATE // 1000} kpps (µs)", "{:,.0f}"),
     ("ow_p99_us", f"one-way latency p99 at {REF_RATE // 1000} kpps (µs)", "{:,.0f}"),
-    (
-        "rtt_p99_us",
-        f"round-trip latency p99, echo at {REF_RATE // 2000} kpps each way (µs)",
-        "{:,.0f}",
-    ),
+    ("rtt_p50_us", "round-trip latency p50, echo at {echo} kpps (µs)", "{:,.0f}"),
+    ("rtt_p99_us", "round-trip latency p99, echo at {echo} kpps (µs)", "{:,.0f}"),
 ]
 
 
-def table(summary: dict[str, dict[str, float]], ceiling: float) -> str:
+def table(
+    summary: dict[str, dict[str, float]],
+    ceiling: float,
+    rounds: list[Round] | None = None,
+    echo_rate: float = REF_RATE / 2,
+) -> str:
     names = list(summary)
     both = STUNNER in summary and COTURN in summary
     head = ["metric", *names] + (["stunner-dp / coturn"] if both else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label, fmt in ROWS:
-        cells = [label]
+        cells = [label.format(echo=f"{echo_rate / 1000:g}")]
         for n in names:
             v = summary[n][key]
             cells.append("n/a" if math.isnan(v) else fmt.format(v))
@@ -405,6 +414,18 @@ def table(summary: dict[str, dict[str, float]], ceiling: float) -> str:
             a, b = summary[STUNNER][key], summary[COTURN][key]
             cells.append(f"{a / b:.2f}" if b and not math.isnan(a / b) else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
+    if rounds:
+        lines.append(
+            "\nper round (server #round: max lossless pps; CPU µs/packet and p99 µs at "
+            f"{REF_RATE // 1000} kpps; allocations/s):"
+        )
+        for r in rounds:
+            ref = r.at(REF_RATE)
+            lines.append(
+                f"  {r.server} #{r.index}: {loadgen.max_lossless(r.sweep):,.0f}; "
+                + (f"{ref.cpu_us_per_pkt:.2f}, {ref.ow_p99_us:,.0f}; " if ref else "n/a; ")
+                + (f"{r.alloc.per_second:,.0f}" if r.alloc else "n/a")
+            )
     lines.append(f"\ngenerator ceiling (plain UDP sink, no server): {ceiling:,.0f} packets/s")
     for n in names:
         if summary[n]["max_lossless_pps"] >= 0.9 * ceiling:
@@ -496,7 +517,7 @@ def run(opts: Options) -> dict[str, Any]:
             _stop_all()
             logs = {p.name: p.read_text(errors="replace")[-2000:] for p in Path(tmp).glob("*.log")}
     summary = summarize(rounds)
-    text = table(summary, ceil.delivered_pps)
+    text = table(summary, ceil.delivered_pps, rounds, opts.echo_rate)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     png = plot(rounds, opts.out_dir / f"compare-{stamp}.png") if opts.plot else None
@@ -556,6 +577,7 @@ def parse_args(argv: list[str] | None) -> Options:
         quick=a.quick,
         servers=servers,
         rounds=a.rounds if a.rounds is not None else 2,
+        refine=1 if a.quick else 2,
         duration=a.duration if a.duration is not None else (1.0 if a.quick else 3.0),
         rates=[float(r) for r in a.rates.split(",") if r],
         clients=a.clients,

@@ -741,6 +741,7 @@ class RunResult:
     send_errors: int = 0
     sink_drops: int = 0
     server_drops: int = 0
+    gen_cpu_pct: float = float("nan")  # sender + sink processes, % of one CPU
     echo: bool = False
     duration: float = 0.0
     rate: float = 0.0
@@ -757,6 +758,8 @@ class AllocResult:
     per_second: float
     rss_delta_bytes: int
     bytes_per_allocation: float
+    server_cpu_pct: float = float("nan")
+    gen_cpu_pct: float = float("nan")  # near 100: the generator limited the rate
 
 
 class Generator:
@@ -812,6 +815,11 @@ class Generator:
             pipe.close()
         self._senders = []
         self._sink = None
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the generator's own processes."""
+        procs = [*self._senders, *([self._sink] if self._sink else [])]
+        return sum(cpu_seconds(p.pid) for p, _ in procs if p.pid)
 
     def reset(self) -> None:
         """Close every client socket (the server these clients used is gone)."""
@@ -874,9 +882,11 @@ class Generator:
     ) -> AllocResult:
         """``count`` full sequences (kept idle); allocations/s and the server's RSS delta."""
         rss0 = rss_bytes(server_pid) if server_pid else 0
+        cpu0, gcpu0 = (cpu_seconds(server_pid) if server_pid else 0.0), self.cpu_seconds()
         done, failed, secs = self.setup(
             server, creds, count, tcp=tcp, window=window, timeout=timeout, keep=False
         )
+        cpu1, gcpu1 = (cpu_seconds(server_pid) if server_pid else 0.0), self.cpu_seconds()
         time.sleep(0.3)
         rss1 = rss_bytes(server_pid) if server_pid else 0
         delta = rss1 - rss0
@@ -887,6 +897,8 @@ class Generator:
             per_second=done / secs if secs > 0 else 0.0,
             rss_delta_bytes=delta,
             bytes_per_allocation=delta / done if done else float("nan"),
+            server_cpu_pct=100 * (cpu1 - cpu0) / secs if server_pid and secs else float("nan"),
+            gen_cpu_pct=100 * (gcpu1 - gcpu0) / secs if secs else float("nan"),
         )
 
     def ceiling(self, clients: int = 64, duration: float = 1.0, size: int = 160) -> RunResult:
@@ -916,11 +928,13 @@ class Generator:
         start_ns = time.perf_counter_ns() + 50_000_000
         cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
         sdrops0 = socket_drops(server_pid) if server_pid else 0
+        gcpu0 = self.cpu_seconds()
         shares = [rate / self.procs] * self.procs
         cmds = [("run", rid, r, duration, size, start_ns, echo, raw) for r in shares]
         replies = self._ask_all(cmds, duration + DRAIN_S + 30)
         cpu1 = cpu_seconds(server_pid) if server_pid else 0.0
         sdrops1 = socket_drops(server_pid) if server_pid else 0
+        gcpu1 = self.cpu_seconds()
         sink.send(("end", rid))
         if not sink.poll(30):
             raise RuntimeError("the sink did not answer")
@@ -953,6 +967,7 @@ class Generator:
             send_errors=sum(r["errors"] for r in replies),
             sink_drops=s["drops"] - drops0,
             server_drops=sdrops1 - sdrops0,
+            gen_cpu_pct=100.0 * (gcpu1 - gcpu0) / (duration + DRAIN_S + 0.05),
             echo=echo,
             duration=duration,
             rate=rate,
@@ -966,20 +981,39 @@ class Generator:
         size: int = 160,
         server_pid: int | None = None,
         stop_after_losses: int = 2,
+        refine: int = 0,
         on_result: Callable[[RunResult], None] | None = None,
     ) -> list[RunResult]:
-        """Runs at increasing rates; stops after ``stop_after_losses`` consecutive lossy runs."""
+        """Runs at increasing rates; stops after ``stop_after_losses`` consecutive lossy runs.
+        Then ``refine`` bisection steps between the best lossless rate and the lossy rate above
+        it. Results come sorted by rate."""
         out: list[RunResult] = []
         lossy = 0
-        for rate in rates:
+
+        def one(rate: float) -> RunResult:
             r = self.run(rate, duration, size=size, server_pid=server_pid)
             out.append(r)
             if on_result:
                 on_result(r)
+            return r
+
+        for rate in rates:
+            r = one(rate)
             lossy = lossy + 1 if r.loss_pct >= 1.0 else 0
             if lossy >= stop_after_losses:
                 break
-        return out
+        for _ in range(refine):
+            good = [r.rate for r in out if r.loss_pct < 1.0]
+            if not good:
+                break
+            bad = [r.rate for r in out if r.loss_pct >= 1.0 and r.rate > max(good)]
+            if not bad:
+                break
+            lo, hi = max(good), min(bad)
+            if hi - lo < 0.05 * hi:
+                break
+            one(round((lo + hi) / 2, -2))
+        return sorted(out, key=lambda r: r.rate)
 
 
 def max_lossless(results: Iterable[RunResult], threshold: float = 1.0) -> float:
@@ -1004,6 +1038,7 @@ def fmt_run(r: RunResult) -> str:
         f"offered {r.offered_pps:9.0f} pps  delivered {r.delivered_pps:9.0f} pps  "
         f"loss {r.loss_pct:6.2f} %  one-way p50/p99 {r.ow_p50_us:7.0f}/{r.ow_p99_us:7.0f} us"
         f"{rtt}  cpu {r.cpu_us_per_pkt:6.2f} us/pkt"
+        + f"  gen {r.gen_cpu_pct:3.0f} % cpu"
         + (f"  drops: server {r.server_drops} sink {r.sink_drops}" if r.loss_pct > 0 else "")
     )
 
