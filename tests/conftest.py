@@ -9,7 +9,8 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
-# Helper modules used by several test folders (e.g. tests/net/turnclient.py).
-for helper_dir in (TESTS / "net",):
+# Helper modules used by several test folders: tests/net/turnclient.py (a raw TURN client),
+# tests/cli/stunnerd_proc.py (stunnerd as a subprocess).
+for helper_dir in (TESTS / "net", TESTS / "cli"):
     if str(helper_dir) not in sys.path:
         sys.path.insert(0, str(helper_dir))
