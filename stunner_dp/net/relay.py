@@ -227,7 +227,12 @@ class RelayPool:
 
 
 def _bind(af: int, ip: str, port: int) -> socket.socket | None:
-    sock = socket.socket(af, socket.SOCK_DGRAM)
+    try:
+        sock = socket.socket(af, socket.SOCK_DGRAM)
+    except OSError as exc:  # out of descriptors fails here, before any bind
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            return None
+        raise
     try:
         if af == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

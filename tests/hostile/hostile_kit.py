@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from stunner_dp import stun
 from stunner_dp.config import AdminConfig, AuthConfig, ClusterConfig, ListenerConfig, StunnerConfig
+from stunner_dp.testing import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from stunner_dp.turn.allocation import Allocation
 from stunner_dp.turn.auth import long_term_key
 from stunner_dp.turn.server import TurnServer
@@ -246,7 +247,7 @@ class _Proto(asyncio.DatagramProtocol):
                 fut = self.pending.pop(msg.transaction_id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
-                return
+                    return
         self.other.put_nowait((data, (str(addr[0]), int(addr[1]))))
 
 
@@ -258,7 +259,7 @@ class UdpTurn:
         self.proto = _Proto()
         self.transport: asyncio.DatagramTransport | None = None
         self.nonce, self.realm = "", ""
-        self.username, self.key = USER, b""
+        self.username, self.key = DEFAULT_USERNAME, b""
 
     async def __aenter__(self) -> UdpTurn:
         loop = asyncio.get_running_loop()
@@ -275,6 +276,12 @@ class UdpTurn:
     def send(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.sendto(data)
+
+    @property
+    def local_address(self) -> Addr:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return str(host), int(port)
 
     async def ask(
         self,
@@ -299,7 +306,9 @@ class UdpTurn:
         finally:
             self.proto.pending.pop(tid, None)
 
-    async def login(self, username: str = USER, password: str = PASSWORD) -> stun.Message:
+    async def login(
+        self, username: str = DEFAULT_USERNAME, password: str = DEFAULT_PASSWORD
+    ) -> stun.Message:
         first = await self.ask(stun.METHOD_ALLOCATE, UDP, auth=False)
         assert code(first) == 401
         self.realm = stun.decode_text(first.get(stun.ATTR_REALM) or b"")
@@ -307,7 +316,9 @@ class UdpTurn:
         self.username, self.key = username, long_term_key(username, self.realm, password)
         return first
 
-    async def allocate(self, username: str = USER, password: str = PASSWORD) -> stun.Message:
+    async def allocate(
+        self, username: str = DEFAULT_USERNAME, password: str = DEFAULT_PASSWORD
+    ) -> stun.Message:
         await self.login(username, password)
         return await self.ask(stun.METHOD_ALLOCATE, UDP)
 
