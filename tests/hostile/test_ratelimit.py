@@ -1,0 +1,151 @@
+"""turn/ratelimit.py with a fake clock, the admin keys that configure it, and the state
+machine's counters (rate_limited, auth_failures, auth_locked) for the metrics."""
+
+from __future__ import annotations
+
+import pytest
+from hostile_kit import KEY, NOW, OWNER, STRANGER, UDP, build, ctx, new_server, sm_config
+
+from stunner_dp import stun
+from stunner_dp.config import AdminConfig, ConfigError, parse_config
+from stunner_dp.turn.auth import long_term_key
+from stunner_dp.turn.ratelimit import AuthFailureLimiter, TokenBuckets, UnauthLimiter
+
+AUTH = {"credentials": {"username": "u", "password": "p"}}
+
+
+# -- token buckets -------------------------------------------------------------------------
+
+
+def test_bucket_burst_then_refill() -> None:
+    b = TokenBuckets(rate=2.0, capacity=4.0)
+    assert [b.take("k", 0.0) for _ in range(5)] == [True] * 4 + [False]
+    assert not b.take("k", 0.4)  # 0.8 tokens back: not enough
+    assert b.take("k", 0.5)
+    assert [b.take("k", 100.0) for _ in range(5)] == [True] * 4 + [False]  # capped at capacity
+
+
+def test_bucket_keys_are_independent_and_zero_rate_is_unlimited() -> None:
+    b = TokenBuckets(rate=1.0, capacity=1.0)
+    assert b.take("a", 0.0) and not b.take("a", 0.0)
+    assert b.take("b", 0.0)
+    off = TokenBuckets(rate=0.0, capacity=0.0)
+    assert all(off.take("a", 0.0) for _ in range(1000)) and len(off) == 0
+
+
+def test_bucket_table_is_bounded_under_a_flood_of_keys() -> None:
+    b = TokenBuckets(rate=1.0, capacity=2.0, max_entries=100)
+    for i in range(10_000):
+        b.take(f"10.0.{i // 256}.{i % 256}", float(i) * 0.001)
+    assert len(b) <= 100
+
+
+def test_pruning_drops_only_refilled_buckets() -> None:
+    b = TokenBuckets(rate=1.0, capacity=2.0, max_entries=3)
+    for _ in range(3):
+        b.take("busy", 0.0)  # emptied at t=0
+    b.take("a", 0.0)
+    b.take("b", 0.0)
+    b.take("c", 1.0)  # table full: "a" and "b" are full again and go, "busy" is not
+    assert sorted(b._buckets) == ["busy", "c"]
+
+
+def test_unauth_limiter_burst_is_two_seconds_worth() -> None:
+    lim = UnauthLimiter(10)
+    assert sum(lim.allow("1.2.3.4", NOW) for _ in range(100)) == 20
+    assert sum(lim.allow("1.2.3.4", NOW + 1) for _ in range(100)) == 10
+    assert sum(UnauthLimiter(0).allow("x", NOW) for _ in range(1000)) == 1000
+
+
+# -- failed authentications ----------------------------------------------------------------
+
+
+def test_failures_lock_a_user_and_the_lock_wears_off() -> None:
+    lim = AuthFailureLimiter(3, window=60.0)
+    for _ in range(3):
+        assert not lim.locked("alice", "9.9.9.9", NOW)
+        lim.failed("alice", NOW)
+    assert lim.locked("alice", "9.9.9.9", NOW)
+    assert lim.locked("alice", "8.8.8.8", NOW + 10)  # any new source
+    assert not lim.locked("bob", "9.9.9.9", NOW)
+    assert not lim.locked("alice", "9.9.9.9", NOW + 20.1)  # one failure's worth came back
+
+
+def test_a_source_that_logged_in_recently_is_not_locked_out() -> None:
+    lim = AuthFailureLimiter(2, window=60.0)
+    lim.succeeded("alice", "1.1.1.1", NOW)
+    lim.failed("alice", NOW)
+    lim.failed("alice", NOW)
+    assert lim.locked("alice", "6.6.6.6", NOW + 1)
+    assert not lim.locked("alice", "1.1.1.1", NOW + 1)
+    lim.failed("alice", NOW + 61)
+    lim.failed("alice", NOW + 61)
+    lim.failed("alice", NOW + 61)
+    assert lim.locked("alice", "1.1.1.1", NOW + 62)  # trust lasts one window
+
+
+def test_trusted_table_is_bounded() -> None:
+    lim = AuthFailureLimiter(2, window=1.0, max_entries=50)
+    for i in range(5000):
+        lim.succeeded("u", f"ip{i}", NOW + i * 0.01)
+    assert len(lim._trusted) <= 50
+
+
+# -- in the state machine ------------------------------------------------------------------
+
+
+def test_counters_and_lockout_in_the_state_machine() -> None:
+    turn = new_server(AdminConfig(auth_failures_per_user=2))
+    nonce = turn.nonces.issue(NOW)
+    wrong = long_term_key("user-1", "stunner.l7mp.io", "nope")
+
+    def allocate(key: bytes, who: tuple[str, int]) -> int:
+        data = build(stun.METHOD_ALLOCATE, UDP, key=key, nonce=nonce)
+        (out,) = turn.handle_stun(ctx(who), data, NOW)
+        msg = stun.parse_message(out[2])
+        if msg.cls == stun.CLASS_SUCCESS:
+            return 0
+        return stun.decode_error_code(msg.get(stun.ATTR_ERROR_CODE) or b"")[0]
+
+    assert allocate(KEY, OWNER) == 0  # OWNER's address is trusted from now on
+    assert allocate(wrong, STRANGER) == 401
+    assert allocate(wrong, STRANGER) == 401
+    assert (turn.auth_failures, turn.auth_locked) == (2, 0)
+    assert allocate(KEY, STRANGER) == 401  # locked: the right key is not even checked
+    assert (turn.auth_failures, turn.auth_locked) == (2, 1)
+    assert turn.allocation_count == 1
+    # the trusted address logs in fine (from another port, on another listener)
+    assert allocate(KEY, (OWNER[0], OWNER[1] + 1)) == 0
+
+
+def test_limits_follow_a_live_config_change() -> None:
+    turn = new_server(AdminConfig(unauth_rate_per_ip=1))
+    sent = [turn.handle_stun(ctx(STRANGER), build(stun.METHOD_BINDING), NOW) for _ in range(5)]
+    assert sum(map(len, sent)) == 2 and turn.rate_limited == 3
+    turn.update_config(sm_config(AdminConfig(unauth_rate_per_ip=0)))
+    sent = [turn.handle_stun(ctx(STRANGER), build(stun.METHOD_BINDING), NOW) for _ in range(50)]
+    assert sum(map(len, sent)) == 50 and turn.rate_limited == 3
+    kept = turn.unauth_limiter
+    turn.update_config(sm_config(AdminConfig(unauth_rate_per_ip=0, user_quota=3)))
+    assert turn.unauth_limiter is kept  # unchanged keys keep their state
+
+
+# -- config keys ---------------------------------------------------------------------------
+
+
+def test_admin_limit_keys_defaults_and_values() -> None:
+    d = parse_config({"version": "v1", "auth": AUTH}, env={}).admin
+    assert (d.unauth_rate_per_ip, d.auth_failures_per_user) == (100, 10)
+    admin = {"unauth_rate_per_ip": 7, "auth_failures_per_user": 0}
+    a = parse_config({"version": "v1", "auth": AUTH, "admin": admin}, env={}).admin
+    assert (a.unauth_rate_per_ip, a.auth_failures_per_user) == (7, 0)
+    cfg = parse_config({"version": "v1", "auth": AUTH, "admin": admin}, env={})
+    assert parse_config(cfg.to_dict(), env={}) == cfg
+
+
+@pytest.mark.parametrize("key", ["unauth_rate_per_ip", "auth_failures_per_user"])
+@pytest.mark.parametrize("value", [-1, "lots", 2**31])
+def test_admin_limit_keys_are_validated(key: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"version": "v1", "auth": AUTH, "admin": {key: value}}, env={})
+    assert info.value.field == f"admin.{key}"
