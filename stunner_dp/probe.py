@@ -387,30 +387,33 @@ class Target:
 
 def parse_turn_uri(uri: str) -> Target:
     """``turn://user:pass@host:3478?transport=udp`` (also ``turn:``, ``turns://``). The
-    username may hold ':' (ephemeral ``<expiry>:<user>``): the password is after the last one;
-    percent-encode a ':' in a password."""
-    if uri.startswith(("turn:", "turns:")) and not uri.split(":", 1)[1].startswith("//"):
-        scheme, rest = uri.split(":", 1)
-        uri = f"{scheme}://{rest}"
-    parts = urlsplit(uri)
-    if parts.scheme not in ("turn", "turns"):
+    username may hold ':' (ephemeral ``<expiry>:<user>``): the password is after the last one.
+    A base64 password may be given as it is ('/', '+' and '=' need no escaping); percent-encode
+    a ':', '@' or '?' in a password."""
+    scheme, sep, rest = uri.partition(":")
+    if not sep or scheme not in ("turn", "turns"):
         raise ValueError(f"{uri!r}: expected turn://USER:PASS@HOST:PORT?transport=udp|tcp")
-    userinfo, _, hostport = parts.netloc.rpartition("@")
+    rest = rest.removeprefix("//")
+    authority, _, query = rest.partition("?")
+    userinfo, _, hostport = authority.rpartition("@")
     user, _, password = userinfo.rpartition(":") if ":" in userinfo else (userinfo, "", "")
-    host_parts = urlsplit(f"//{hostport}")
+    try:
+        host_parts = urlsplit(f"//{hostport.rstrip('/')}")
+        port = host_parts.port
+    except ValueError as exc:
+        raise ValueError(f"{uri!r}: {exc}") from None
     if not host_parts.hostname:
         raise ValueError(f"{uri!r}: no host")
-    transport = parse_qs(parts.query).get("transport", ["udp"])[0].lower()
+    transport = parse_qs(query).get("transport", ["udp"])[0].lower()
     if transport not in ("udp", "tcp"):
         raise ValueError(f"{uri!r}: transport must be udp or tcp")
-    if parts.scheme == "turns":
+    if scheme == "turns":
         if transport == "udp":
             raise ValueError(f"{uri!r}: DTLS (turns:...?transport=udp) is not supported")
         transport = "tls"
-    default_port = 5349 if parts.scheme == "turns" else 3478
     return Target(
         host_parts.hostname,
-        host_parts.port or default_port,
+        port or (5349 if scheme == "turns" else 3478),
         transport,
         unquote(user),
         unquote(password),

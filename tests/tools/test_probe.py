@@ -146,6 +146,8 @@ def test_uri_parsing() -> None:
         3479,
         "tcp",
     )
+    t = parse_turn_uri("turn://1700000000:dave:a/b+c=@127.0.0.1:5000")  # raw base64
+    assert (t.username, t.password, t.port) == ("1700000000:dave", "a/b+c=", 5000)
     t = parse_turn_uri("turn:u:p@127.0.0.1")
     assert (t.username, t.password, t.port, t.transport) == ("u", "p", 3478, "udp")
     assert parse_turn_uri("turns://u:p@h?transport=tcp").transport == "tls"
