@@ -261,7 +261,7 @@ class Server:
                 }
             return listeners[name]
 
-        def add(listener: str, t: Traffic, channel: bool) -> None:
+        def add(listener: str, t: Traffic) -> None:
             row = listener_row(listener)
             cl = clusters.setdefault(
                 t.cluster or "",
@@ -271,7 +271,7 @@ class Server:
             cl["tx_bytes"] += t.out_bytes
             cl["rx_packets"] += t.in_packets
             cl["rx_bytes"] += t.in_bytes
-            if channel:  # Send/Data indications are already in the control counters
+            if t.framed:  # Send/Data indications are already in the control counters
                 row["rx_packets"] += t.out_packets
                 row["rx_bytes"] += t.out_bytes + 4 * t.out_packets
                 row["tx_packets"] += t.in_packets
@@ -279,15 +279,11 @@ class Server:
 
         for name in relays.counters:
             listener_row(name)
-        for (listener, _), t in turn.retired.items():
-            add(listener, t, channel=False)
+        for (listener, _, _), t in turn.retired.items():
+            add(listener, t)
         for alloc in turn.all_allocations():
-            for t in alloc.retired.values():
-                add(alloc.listener, t, channel=False)
-            for chan in alloc.bindings.values():
-                add(alloc.listener, chan, channel=True)
-            for perm in alloc.permissions.values():
-                add(alloc.listener, perm, channel=False)
+            for t in alloc.traffic():
+                add(alloc.listener, t)
         clusters.pop("", None)
         return {
             "allocations": turn.allocation_count,

@@ -27,6 +27,7 @@ class Traffic:
     `out` is towards the peer (from the client), `in` towards the client."""
 
     cluster: str
+    framed: bool = False  # True for channels: each packet carried a 4-byte ChannelData header
     out_packets: int = 0
     out_bytes: int = 0
     in_packets: int = 0
@@ -41,6 +42,7 @@ class Permission(Traffic):
 
 @dataclass(slots=True, eq=False)
 class Channel(Traffic):
+    framed: bool = True
     number: int = 0
     peer: Addr = ("", 0)
     expires: float = 0.0
@@ -64,7 +66,8 @@ class Allocation:
     peer_channels: dict[Addr, Channel] = field(default_factory=dict)
     permissions: dict[str, Permission] = field(default_factory=dict)
     bindings: dict[int, Channel] = field(default_factory=dict)  # all bound channels, live or not
-    retired: dict[str, Traffic] = field(default_factory=dict)  # expired entries' counts, by cluster
+    # expired entries' counts, by (cluster, framed), so churn does not grow a list
+    retired: dict[tuple[str, bool], Traffic] = field(default_factory=dict)
 
     @property
     def relay_addr(self) -> Addr:
@@ -137,8 +140,8 @@ class Allocation:
     # -- accounting ----------------------------------------------------------------------------
 
     def _retire(self, gone: Traffic) -> None:
-        # Fold a dead entry's counts into one per cluster, so churn does not grow the list.
-        total = self.retired.setdefault(gone.cluster, Traffic(gone.cluster))
+        key = (gone.cluster, gone.framed)
+        total = self.retired.setdefault(key, Traffic(gone.cluster, gone.framed))
         total.out_packets += gone.out_packets
         total.out_bytes += gone.out_bytes
         total.in_packets += gone.in_packets

@@ -96,7 +96,8 @@ class TurnServer:
         self.user_allocations: Counter[str] = Counter()
         # (listener, token) -> reserved port: a token is good only where it was issued
         self.reservations: dict[tuple[str, bytes], tuple[RelayHandle, float]] = {}
-        self.retired: dict[tuple[str, str], Traffic] = {}  # (listener, cluster) -> counts of gone
+        # (listener, cluster, framed) -> counts of deleted allocations
+        self.retired: dict[tuple[str, str, bool], Traffic] = {}
         self.events: list[ev.Event] = []
         self.malformed = 0
         # abuse counters, plain ints for the metrics: requests dropped by the per-IP limit on
@@ -237,7 +238,8 @@ class TurnServer:
         alloc.relay.attach(None)
         alloc.relay.close()
         for t in alloc.traffic():
-            total = self.retired.setdefault((alloc.listener, t.cluster), Traffic(t.cluster))
+            key = (alloc.listener, t.cluster, t.framed)
+            total = self.retired.setdefault(key, Traffic(t.cluster, t.framed))
             total.out_packets += t.out_packets
             total.out_bytes += t.out_bytes
             total.in_packets += t.in_packets

@@ -151,11 +151,6 @@ async def test_allocation_count_follows_allocations() -> None:
             await endpoints.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime.Server.stats(): a deleted allocation's ChannelData leaves the listener "
-    "counters (turn.retired does not say which counts were channels), so they go down",
-)
 async def test_listener_counters_never_go_down() -> None:
     endpoints = HttpEndpoints()
     async with start_turn_server() as ts, udp_echo_peer() as peer:
