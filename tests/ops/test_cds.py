@@ -131,6 +131,11 @@ async def test_daemon_watches_cds_updates_reconnects_and_skips_bad_configs() -> 
                 await cds.push(_config(turn_port, health, "user-d"))
                 await until(lambda: daemon.config.auth.username == "user-d")  # type: ignore[union-attr]
                 assert await allocate_fails(server, "user-d", "pass-d") is None
+
+                # SIGHUP (reload) on a watch: reconnect, which brings the config again
+                connects = cds.connects
+                origin.reload()
+                await until(lambda: cds.connects == connects + 1, 5.0, "the reconnect")
                 await client.delete()
         finally:
             await daemon.stop()

@@ -67,6 +67,8 @@ async def test_drain_keeps_relaying_and_exits_when_the_last_allocation_is_delete
             assert await daemon.wait_exit() == 0
         log = daemon.log()
         assert "draining" in log and "drain finished" in log and "no allocation left" in log
+        for line in ("allocation created", "allocation refreshed", "allocation deleted"):
+            assert line in log
     finally:
         daemon.stop()
 
