@@ -320,7 +320,7 @@ def run_round(gen: Generator, name: str, index: int, opts: Options, tmp: str) ->
         rnd.clients, rnd.client_errors = done, dict(gen.last_errors)
         say(
             f"  [{name} #{index}] {done} clients ready in {secs:.2f} s"
-            + (f", {failed} failed {gen.last_errors}" if failed else "")
+            + (f", {failed} failed {gen.last_errors}" if gen.last_errors else "")
         )
         if done == 0:
             raise RuntimeError(f"{name}: no client could allocate: {gen.last_errors}")
@@ -347,7 +347,7 @@ def run_round(gen: Generator, name: str, index: int, opts: Options, tmp: str) ->
                 f"  [{name} #{index}] {a.allocations} allocations ({a.failed} failed) at "
                 f"{a.per_second:.0f}/s, {a.bytes_per_allocation:.0f} B RSS each "
                 f"(server {a.server_cpu_pct:.0f} % cpu, generator {a.gen_cpu_pct:.0f} %)"
-                + (f" {gen.last_errors}" if a.failed else "")
+                + (f" {gen.last_errors}" if gen.last_errors else "")
             )
     finally:
         gen.reset()
@@ -373,6 +373,9 @@ def summarize(rounds: list[Round]) -> dict[str, dict[str, float]]:
             "cpu_us_per_pkt": _mean([r.cpu_us_per_pkt for r in ref_ok]),
             "max_lossless_pps": _mean([loadgen.max_lossless(r.sweep) for r in mine]),
             "allocs_per_s": _mean([r.alloc.per_second for r in mine if r.alloc]),
+            "cpu_us_per_alloc": _mean(
+                [r.alloc.server_cpu_us_per_allocation for r in mine if r.alloc]
+            ),
             "bytes_per_alloc": _mean([r.alloc.bytes_per_allocation for r in mine if r.alloc]),
             "ow_p50_us": _mean([r.ow_p50_us for r in ref_ok]),
             "ow_p99_us": _mean([r.ow_p99_us for r in ref_ok]),
@@ -387,6 +390,7 @@ ROWS = [
     ("cpu_us_per_pkt", f"server CPU per relayed packet at {REF_RATE // 1000} kpps (µs)", "{:.2f}"),
     ("max_lossless_pps", "max lossless rate, loss < 1 % (packets/s)", "{:,.0f}"),
     ("allocs_per_s", "allocations/s (Allocate 401+auth, CreatePermission, ChannelBind)", "{:,.0f}"),
+    ("cpu_us_per_alloc", "server CPU per allocation, full sequence (µs)", "{:,.0f}"),
     ("bytes_per_alloc", "memory per allocation (RSS bytes)", "{:,.0f}"),
     ("ow_p50_us", f"one-way latency p50 at {REF_RATE // 1000} kpps (µs)", "{:,.0f}"),
     ("ow_p99_us", f"one-way latency p99 at {REF_RATE // 1000} kpps (µs)", "{:,.0f}"),

@@ -277,6 +277,7 @@ class Conn:
 
 
 STEP_ALLOC_401, STEP_ALLOC, STEP_PERM, STEP_BIND, STEP_DONE, STEP_FAILED = range(6)
+RETRANSMITS: dict[str, int] = {}  # per step, in this process (handshake timeouts)
 STEP_NAMES = ("Allocate", "Allocate (auth)", "CreatePermission", "ChannelBind", "done", "failed")
 
 
@@ -439,6 +440,9 @@ def handshake(
                             c.step = STEP_FAILED
                         else:
                             c.send_step(creds, now, fresh=False)
+                            RETRANSMITS[STEP_NAMES[c.step]] = (
+                                RETRANSMITS.get(STEP_NAMES[c.step], 0) + 1
+                            )
                     if c.step >= STEP_DONE:
                         ep.unregister(c.conn.fileno())
                         del by_fd[c.conn.fileno()]
@@ -575,7 +579,8 @@ def _sender_main(conn: Connection, cpus: list[int] | None, index: int) -> None:
                 # The allocations stay on the server (idle, until it stops); sockets stay open
                 # so that no later client reuses a 5-tuple.
                 _idle.extend(c.conn for c in clients)
-            errors: dict[str, int] = {}
+            errors: dict[str, int] = {f"{k} retransmits": v for k, v in RETRANSMITS.items()}
+            RETRANSMITS.clear()
             for c in clients:
                 if c.step != STEP_DONE:
                     key = c.error or f"{STEP_NAMES[c.step]}: unfinished"
@@ -760,6 +765,7 @@ class AllocResult:
     bytes_per_allocation: float
     server_cpu_pct: float = float("nan")
     gen_cpu_pct: float = float("nan")  # near 100: the generator limited the rate
+    server_cpu_us_per_allocation: float = float("nan")  # insensitive to CPU contention
 
 
 class Generator:
@@ -867,7 +873,8 @@ class Generator:
         for r in replies:
             for k, v in r["errors"].items():
                 self.last_errors[k] = self.last_errors.get(k, 0) + v
-        return sum(r["done"] for r in replies), sum(r["failed"] for r in replies), secs
+        done = sum(r["done"] for r in replies)
+        return done, sum(r["failed"] for r in replies), secs
 
     def allocation_rate(
         self,
@@ -899,6 +906,9 @@ class Generator:
             bytes_per_allocation=delta / done if done else float("nan"),
             server_cpu_pct=100 * (cpu1 - cpu0) / secs if server_pid and secs else float("nan"),
             gen_cpu_pct=100 * (gcpu1 - gcpu0) / secs if secs else float("nan"),
+            server_cpu_us_per_allocation=1e6 * (cpu1 - cpu0) / done
+            if server_pid and done
+            else float("nan"),
         )
 
     def ceiling(self, clients: int = 64, duration: float = 1.0, size: int = 160) -> RunResult:
