@@ -167,7 +167,9 @@ def stun_ping(port: int, timeout: float) -> bool:
 class ServerProc:
     """One server process, pinned, stopped by its PID whatever happens."""
 
-    def __init__(self, name: str, argv: list[str], port: int, cpus: set[int], log: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], port: int, cpus: set[int], log: Path, cwd: Path = ROOT
+    ) -> None:
         self.name = name
         self.port = port
         self.argv = argv
@@ -179,7 +181,7 @@ class ServerProc:
             stderr=self._log,
             preexec_fn=_preexec(cpus),
             start_new_session=True,
-            cwd=str(ROOT),
+            cwd=str(cwd),
         )
         _running[self.proc.pid] = self.proc
 
@@ -271,6 +273,7 @@ class Options:
     transport: str = "udp"
     workers: int = 0
     stunner_cmd: str = ""
+    ref: str = ""  # a git commit: run stunner-dp's code as of that commit (git archive)
     server_cpu: int | None = 0  # None: no pinning
     gen_cpus: list[int] | None = field(default_factory=lambda: [1])
     echo_rate: float = REF_RATE / 2
@@ -287,6 +290,7 @@ class Options:
 def start_server(name: str, opts: Options, tmp: str) -> ServerProc:
     port = free_port()
     cpus = {opts.server_cpu} if opts.server_cpu is not None else set()
+    cwd = ROOT
     log = Path(tmp, f"{name}.log")
     if name == COTURN:
         argv = coturn_cmd(port, opts.relay_low, opts.relay_high, tmp)
@@ -296,10 +300,24 @@ def start_server(name: str, opts: Options, tmp: str) -> ServerProc:
             stunner_config(port, opts.relay_low, opts.relay_high, opts.transport == "tcp")
         )
         template = opts.stunner_cmd or default_stunner_cmd()
+        if opts.ref:
+            src = Path(tmp, "src")
+            if not src.exists():
+                src.mkdir()
+                archive = subprocess.run(
+                    ["git", "-C", str(ROOT), "archive", opts.ref, "stunner_dp"],
+                    check=True,
+                    capture_output=True,
+                ).stdout
+                subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+            cwd = src  # `python -m` puts the cwd first on sys.path: that copy is imported
+            template = opts.stunner_cmd or (
+                f"{sys.executable} -m stunner_dp.cli -c {{config}} -l all:WARNING"
+            )
         argv = [a.format(config=cfg, port=port) for a in shlex.split(template)]
         if opts.workers:
             argv += ["-u", str(opts.workers)]
-    server = ServerProc(name, argv, port, cpus, log)
+    server = ServerProc(name, argv, port, cpus, log, cwd)
     try:
         server.wait_ready()
     except BaseException:
@@ -525,8 +543,14 @@ def run(opts: Options) -> dict[str, Any]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     png = plot(rounds, opts.out_dir / f"compare-{stamp}.png") if opts.plot else None
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", opts.ref or "HEAD"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     result = {
         "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "stunner_dp": f"{commit} (git archive)" if opts.ref else f"working tree at {commit}",
         "seconds": time.monotonic() - t0,
         "ceiling_pps": ceil.delivered_pps,
         "summary": summary,
@@ -537,7 +561,7 @@ def run(opts: Options) -> dict[str, Any]:
         "server_logs_tail": logs,
     }
     (opts.out_dir / f"compare-{stamp}.json").write_text(json.dumps(result, indent=1, default=str))
-    say("\n" + text)
+    say(f"\nstunner-dp: {result['stunner_dp']}\n" + text)
     if png:
         say(f"\nplot: {png}")
     say(f"raw figures: {opts.out_dir / f'compare-{stamp}.json'} ({result['seconds']:.0f} s)")
@@ -555,6 +579,12 @@ def parse_args(argv: list[str] | None) -> Options:
         default="",
         help="stunner-dp's command; {config} and {port} are filled in "
         "(default: .venv/bin/stunnerd -c {config} -l all:WARNING)",
+    )
+    p.add_argument(
+        "--ref",
+        default="",
+        help="run stunner-dp as of this git commit (e.g. HEAD: the last commit, not the "
+        "working tree)",
     )
     p.add_argument("--workers", type=int, default=0, help="stunnerd -u N (worker processes)")
     p.add_argument("--rounds", type=int, help="alternations A B (default 2)")
@@ -590,6 +620,7 @@ def parse_args(argv: list[str] | None) -> Options:
         transport=a.transport,
         workers=a.workers,
         stunner_cmd=a.server_cmd,
+        ref=a.ref,
         server_cpu=a.server_cpu,
         gen_cpus=[int(c) for c in a.gen_cpus.split(",") if c],
         procs=a.procs,
