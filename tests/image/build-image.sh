@@ -9,6 +9,7 @@
 #                                holding the base image, logs
 #        DEBIAN_MIRROR           debootstrap mirror (default http://deb.debian.org/debian)
 #        STUNNER_DP_REBUILD_BASE=1  make the base again
+#        STUNNER_DP_IMAGE_REF=COMMIT  build that commit (git archive) instead of the work tree
 # The buildah storage is private to the cache dir: run buildah/podman with
 #   --root "$STUNNER_DP_IMAGE_CACHE/storage" --runroot /run/stunner-dp-image --storage-driver vfs
 # Exit 77 (and a line "SKIP: reason" on stderr) when this machine cannot do it; 1 on a build error.
@@ -72,12 +73,21 @@ fi
 cert=/etc/ssl/certs/ca-certificates.crt
 if [ ! -s "$cert" ]; then cert="$CACHE/empty-cert"; : >"$cert"; fi
 
+context=$REPO
+revision=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "${STUNNER_DP_IMAGE_REF:-}" ]; then
+    context=$(mktemp -d /tmp/stunner-dp-image-ctx.XXXXXX)
+    trap 'rm -rf "$context"' EXIT
+    git -C "$REPO" archive "$STUNNER_DP_IMAGE_REF" | tar -x -C "$context"
+    revision=$(git -C "$REPO" rev-parse --short "$STUNNER_DP_IMAGE_REF")
+fi
+
 t0=$SECONDS
 "${B[@]}" bud --isolation chroot --format docker --layers=false \
     --build-arg BASE="$BASE_IMAGE" \
-    --build-arg REVISION="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --build-arg REVISION="$revision" \
     --secret id=pip_cert,src="$cert" \
-    -f "$REPO/Dockerfile" -t "$IMAGE" "$REPO" >"$CACHE/bud.log" 2>&1 \
+    -f "$context/Dockerfile" -t "$IMAGE" "$context" >"$CACHE/bud.log" 2>&1 \
     || { tail -n 30 "$CACHE/bud.log" >&2; echo "buildah bud failed (log: $CACHE/bud.log)" >&2; exit 1; }
 echo "image $IMAGE built in $((SECONDS - t0)) s" >&2
 "${B[@]}" rmi --prune >/dev/null 2>&1 || true   # the previous build's now-untagged image
