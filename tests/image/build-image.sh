@@ -41,6 +41,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 mkdir -p "$CACHE" "$RUNROOT"
+# One build or test run at a time per cache (tests/image holds this lock for its whole module
+# and sets STUNNER_DP_IMAGE_LOCKED=1): the storage and the image tag are shared.
+if [ "${STUNNER_DP_IMAGE_LOCKED:-0}" != 1 ]; then
+    exec 9>"$CACHE/lock"
+    flock -w 1800 9 || { echo "another image build holds $CACHE/lock" >&2; exit 1; }
+fi
 B=(buildah --root "$CACHE/storage" --runroot "$RUNROOT" --storage-driver vfs)
 
 # Working containers left behind by an interrupted run (the storage is ours alone).
