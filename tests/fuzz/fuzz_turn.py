@@ -1,0 +1,109 @@
+"""Coverage-guided fuzz target (atheris/libFuzzer) for the STUN codec and the TURN state machine.
+
+    .venv/bin/python tests/fuzz/fuzz_turn.py tests/fuzz/corpus -max_total_time=600
+
+The first byte of an input picks the target, the rest is the datagram:
+
+- even: the codec. parse_message, every attribute decoder, parse_channel_data and
+  stream_frame_length may raise StunError and nothing else.
+- odd: the state machine, as in tests/hostile (OWNER holds an allocation with a permission and
+  a channel). The second byte picks the source (owner or stranger), the listener (UDP or TCP)
+  and the entry point (handle_stun or handle_channel_data). Any exception, an unsigned message
+  that changes state, two answers to one request, or an unauthenticated answer with SOFTWARE,
+  a long nonce or more than 4.4x the request's size is a crash.
+
+Seed corpus: tests/fuzz/make_corpus.py writes real messages of every method to corpus/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import atheris
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hostile"))
+
+with atheris.instrument_imports():
+    from hostile_kit import NOW, OWNER, STRANGER, ctx, loaded_server, snapshot, validly_signed
+
+    from stunner_dp import stun
+
+MAX_RATIO = 4.4
+
+
+def _codec(data: bytes) -> None:
+    with contextlib.suppress(stun.StunError):
+        stun.stream_frame_length(data)
+    with contextlib.suppress(stun.StunError):
+        stun.parse_channel_data(data)
+    try:
+        msg = stun.parse_message(data)
+    except stun.StunError:
+        return
+    for _t, value in msg.attributes:
+        for decode in (
+            stun.decode_address,
+            lambda v: stun.decode_xor_address(v, msg.transaction_id),
+            stun.decode_error_code,
+            stun.decode_unknown_attributes,
+            stun.decode_u32,
+            stun.decode_channel_number,
+            stun.decode_requested_transport,
+            stun.decode_even_port,
+            stun.decode_family,
+            stun.decode_text,
+        ):
+            with contextlib.suppress(stun.StunError):
+                decode(value)
+    msg.check_integrity(b"k" * 16)
+
+
+def _state_machine(selector: int, data: bytes) -> None:
+    turn, _ = loaded_server()
+    source = OWNER if selector & 1 else STRANGER
+    listener = "tcp" if selector & 2 else "udp"
+    before = snapshot(turn)
+    if selector & 4:
+        out = turn.handle_channel_data(ctx(source, listener), data)
+        assert snapshot(turn) == before
+        assert all(len(payload) <= len(data) - 4 for _, _, payload in out)
+        return
+    out = turn.handle_stun(ctx(source, listener), data, NOW + 1)
+    signed = validly_signed(data)
+    if not signed:
+        assert snapshot(turn) == before, "state changed without MESSAGE-INTEGRITY"
+    try:
+        msg = stun.parse_message(data)
+    except stun.StunError:
+        assert out == []
+        return
+    if msg.cls != stun.CLASS_REQUEST:
+        return
+    assert len(out) <= 1, "more than one answer to a request"
+    if out and not signed:
+        answer = stun.parse_message(out[0][2])
+        assert not answer.has(stun.ATTR_SOFTWARE)
+        nonce = answer.get(stun.ATTR_NONCE)
+        assert nonce is None or len(nonce) <= 32
+        assert len(out[0][2]) <= MAX_RATIO * len(data), (len(data), len(out[0][2]))
+
+
+def test_one_input(raw: bytes) -> None:
+    if len(raw) < 2:
+        return
+    mode, selector, data = raw[0], raw[1], raw[2:]
+    if mode & 1:
+        _state_machine(selector, data)
+    else:
+        _codec(data)
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
