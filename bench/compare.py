@@ -510,6 +510,13 @@ def plot(rounds: list[Round], path: Path) -> Path | None:
 
 def run(opts: Options) -> dict[str, Any]:
     """The whole comparison; returns every figure (also written as JSON under out_dir)."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", opts.ref or "HEAD"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if opts.ref:
+        opts.ref = commit  # resolved once: HEAD may move during the run
     say = print if opts.verbose else (lambda *a, **k: None)
     servers = list(opts.servers)
     if COTURN in servers and not shutil.which("turnserver"):
@@ -543,11 +550,6 @@ def run(opts: Options) -> dict[str, Any]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     png = plot(rounds, opts.out_dir / f"compare-{stamp}.png") if opts.plot else None
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", opts.ref or "HEAD"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
     result = {
         "command": " ".join(shlex.quote(a) for a in sys.argv),
         "stunner_dp": f"{commit} (git archive)" if opts.ref else f"working tree at {commit}",
