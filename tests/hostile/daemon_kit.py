@@ -62,7 +62,7 @@ async def run_stunnerd(
         yield daemon
     finally:
         if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
+            os.kill(proc.pid, signal.SIGINT)  # stop now (SIGTERM drains allocations first)
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
