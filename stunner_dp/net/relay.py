@@ -21,6 +21,7 @@ from stunner_dp.turn.allocation import Allocation
 from stunner_dp.turn.server import data_indication
 from stunner_dp.turn.types import Addr
 
+from . import gso
 from .counters import ListenerCounters
 
 _pack_channel_header = struct.Struct("!HH").pack
@@ -54,6 +55,7 @@ class RelaySocket:
         "address",
         "allocation",
         "dropped",
+        "sendmsg",
         "sendto",
     )
 
@@ -64,6 +66,7 @@ class RelaySocket:
         self.address = advertised
         self.allocation: Allocation | None = None
         self.sendto: Callable[[bytes | memoryview, Addr], object] = sock.sendto
+        self.sendmsg: Callable[..., int] | None = sock.sendmsg
         self.dropped = 0  # datagrams from peers without a permission
         self._reading = False
 
@@ -84,8 +87,70 @@ class RelaySocket:
         self._sock.close()
 
     def _on_readable(self) -> None:
-        # The datagram lands 4 bytes into a buffer shared by all relay sockets; the ChannelData
-        # header is written in front of it in place, so relaying copies nothing in Python.
+        alloc = self.allocation
+        if alloc is None:
+            return
+        if alloc.link.sendmsg is None or not self._pool.gso:
+            self._relay_one_by_one(alloc)
+            return
+        # Datagrams land 4 bytes past the end of the previous ChannelData frame in one shared
+        # buffer, and their header is written in front of them in place. Consecutive frames of
+        # one size (a video frame's packets, or a backlog) then leave in one GSO sendmsg;
+        # a lone datagram costs one sendto, as it would without batching.
+        recvfrom_into = self._sock.recvfrom_into
+        pool = self._pool
+        buf, view = pool.buffer, pool.view
+        peer_channels = alloc.peer_channels
+        off = 0  # bytes of batched frames at the front of buf
+        seg = 0  # the size of each batched frame
+        count = 0
+        for _ in range(READ_BATCH):
+            try:
+                size, peer = recvfrom_into(view[off + 4 : off + 4 + RECV_SIZE])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                continue  # an ICMP error surfaced on the socket: nothing to relay
+            chan = peer_channels.get(peer)
+            if chan is None:
+                self._to_client_slow(alloc, peer, bytes(view[off + 4 : off + 4 + size]))
+                continue
+            chan.in_packets += 1
+            chan.in_bytes += size
+            _pack_channel_header_into(buf, off, chan.number, size)
+            frame = size + 4
+            if count == 0 or frame == seg:
+                seg = frame
+                off += frame
+                count += 1
+                if count < gso.MAX_SEGMENTS and off + seg <= gso.MAX_BYTES:
+                    continue
+            elif frame < seg:  # a shorter frame may end a batch as its last segment
+                off += frame
+                count += 1
+            else:  # a longer one starts the next batch
+                self._send_batch(alloc, view[:off], seg, count)
+                buf[:frame] = bytes(view[off : off + frame])  # may overlap: copy first
+                off, seg, count = frame, frame, 1
+                continue
+            self._send_batch(alloc, view[:off], seg, count)
+            off = count = 0
+        if count:
+            self._send_batch(alloc, view[:off], seg, count)
+
+    def _send_batch(self, alloc: Allocation, frames: memoryview, seg: int, count: int) -> None:
+        try:
+            if count == 1:
+                alloc.link.sendto(frames, alloc.client)
+            else:
+                send = alloc.link.sendmsg
+                assert send is not None
+                send([frames], gso.segment_option(seg), 0, alloc.client)
+        except OSError:
+            self.dropped += count
+
+    def _relay_one_by_one(self, alloc: Allocation) -> None:
+        # Stream clients (and kernels without GSO): each frame is handed on by itself.
         recvfrom_into = self._sock.recvfrom_into
         pool = self._pool
         buf, view, payload_view = pool.buffer, pool.view, pool.payload_view
@@ -95,10 +160,7 @@ class RelaySocket:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                continue  # an ICMP error surfaced on the socket: nothing to relay
-            alloc = self.allocation
-            if alloc is None:
-                return
+                continue
             chan = alloc.peer_channels.get(peer)
             if chan is not None:
                 _pack_channel_header_into(buf, 0, chan.number, size)
@@ -162,8 +224,10 @@ class RelayPool:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        # One receive buffer for every relay socket (the loop runs one callback at a time).
-        self.buffer = bytearray(RECV_SIZE + 4)
+        # One receive buffer for every relay socket (the loop runs one callback at a time),
+        # room for a GSO batch of frames plus one more datagram.
+        self.gso = gso.gso_supported()
+        self.buffer = bytearray(gso.MAX_BYTES + 4 + RECV_SIZE)
         self.view = memoryview(self.buffer)
         self.payload_view = self.view[4:]
         self.counters: dict[str, ListenerCounters] = {}  # by listener name, for Data indications

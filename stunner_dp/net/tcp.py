@@ -64,6 +64,7 @@ class StreamConnection(asyncio.Protocol):
         self.client: Addr = ("", 0)
         self.ctx: Context | None = None
         self.sendto: Callable[[bytes | memoryview, Addr], object] = self._write
+        self.sendmsg: Callable[..., int] | None = None  # a stream has no datagrams to batch
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # not an isinstance check: uvloop's TCPTransport does not derive from asyncio.Transport

@@ -53,9 +53,9 @@ class UdpListener:
         self._server = server
         self._on_events = on_events
         self._now = now
-        self.sendto: Callable[[bytes | memoryview, Addr], object] = (
-            sock.sendto
-        )  # the Sink for our clients
+        # the Sink for our clients
+        self.sendto: Callable[[bytes | memoryview, Addr], object] = sock.sendto
+        self.sendmsg: Callable[..., int] | None = sock.sendmsg
         self.counters = counters
         self._table = server.allocations.setdefault(name, {})
         self._buffer = bytearray(RECV_SIZE)

@@ -27,6 +27,8 @@ class Sink(Protocol):
     as it is: the hot path then costs one C call, not a Python frame and a C call."""
 
     sendto: Callable[[bytes | memoryview, Addr], object]
+    # A datagram socket's own sendmsg, for GSO batches of frames; None for stream links.
+    sendmsg: Callable[..., int] | None
 
 
 class RelayHandle(Sink, Protocol):
