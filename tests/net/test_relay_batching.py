@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from turnclient import RawTurnClient
+
 from stunner_dp import stun
 from stunner_dp.net import gso
 from stunner_dp.testing import TurnServerHandle
-
-from turnclient import RawTurnClient
 
 CHANNEL = 0x4001
 
