@@ -7,6 +7,7 @@ caller's event loop (uvloop or not), `srv.port("udp-listener")` tells where it l
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import resource
 import ssl
@@ -35,6 +36,7 @@ TICK = 1.0  # seconds between expiry sweeps
 DEMO_CREDENTIALS = ("user-1", "pass-1")
 
 log = get_logger("turn")
+TURN_LOGGER = logging.getLogger("stunner_dp.turn")
 netlog = get_logger("net")
 
 
@@ -301,12 +303,14 @@ class Server:
         if turn is None:
             return
         assert self.relays is not None
+        logging_on = TURN_LOGGER.isEnabledFor(logging.INFO)
         for event in turn.drain_events():
             if isinstance(event, ev.AllocationCreated):
                 counters = self.relays.counters.get(event.allocation.listener)
                 if counters is not None:
                     counters.allocations_total += 1
-            log_event(event)
+            if logging_on:  # formatting a line that is not wanted costs more than the request
+                log_event(event)
         if turn.allocation_count == 0:
             self.idle.set()
         else:

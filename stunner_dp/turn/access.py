@@ -202,6 +202,9 @@ def strict_dns_hosts(config: StunnerConfig) -> tuple[str, ...]:
     return tuple(hosts)
 
 
+VERDICT_CACHE_SIZE = 4096
+
+
 class PeerAccess:
     """Per-listener peer rules, precomputed from a config (and current DNS answers)."""
 
@@ -215,6 +218,9 @@ class PeerAccess:
             n: tuple(r for r in rs if isinstance(r.network, IPv6Network)) for n, rs in rules.items()
         }
         self._clusters = dict(clusters)
+        # (listener, ip) -> (ports or None, first cluster): a peer is judged once per rule set
+        # (parsing an address costs more than the rest of an Allocate)
+        self._verdicts: dict[tuple[str, str], tuple[PortSet | None, str]] = {}
 
     @classmethod
     def from_config(
@@ -241,18 +247,27 @@ class PeerAccess:
             if addr in rule.network and (special is None or special in rule.inside):
                 yield rule
 
+    def _verdict(self, listener: str, ip: str) -> tuple[PortSet | None, str]:
+        key = (listener, ip)
+        found = self._verdicts.get(key)
+        if found is None:
+            ports: PortSet | None = None
+            cluster = ""
+            for rule in self._matching(listener, ip):
+                cluster = cluster or rule.cluster
+                ports = rule.ports if ports is None else ports | rule.ports
+            if len(self._verdicts) >= VERDICT_CACHE_SIZE:
+                self._verdicts.clear()  # bounded: peers chosen by clients must not grow it
+            found = self._verdicts[key] = (ports, cluster)
+        return found
+
     def cluster_for(self, listener: str, ip: str) -> str:
         """The first routed cluster that covers `ip` ("" if none): whom its traffic counts for."""
-        return next((rule.cluster for rule in self._matching(listener, ip)), "")
+        return self._verdict(listener, ip)[1]
 
     def ports_for(self, listener: str, ip: str) -> PortSet | None:
         """The peer ports allowed for `ip` via `listener`, or None when the peer is denied."""
-        ports: PortSet | None = None
-        for rule in self._matching(listener, ip):
-            ports = rule.ports if ports is None else ports | rule.ports
-            if ports.is_any:
-                break
-        return ports
+        return self._verdict(listener, ip)[0]
 
     def allowed(self, listener: str, ip: str, port: int) -> bool:
         ports = self.ports_for(listener, ip)
