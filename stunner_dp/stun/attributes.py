@@ -30,6 +30,12 @@ MAX_USERNAME_BYTES = 513
 
 
 def _pack_ip(ip: str) -> tuple[int, bytes]:
+    parts = ip.split(".")
+    # dotted-quad IPv4 without the ipaddress module, which costs a page of Python per call
+    if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
+        octets = [int(p) for p in parts]
+        if max(octets) <= 255 and all(p == "0" or p[0] != "0" for p in parts):
+            return FAMILY_IPV4, bytes(octets)
     try:
         parsed = ipaddress.ip_address(ip)
     except ValueError as exc:

@@ -7,7 +7,6 @@ datagram with a precompiled ``struct`` and keeps attribute values as plain
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import struct
 from collections.abc import Sequence
@@ -106,10 +105,8 @@ def _hmac_over(data: bytes, offset: int, value_size: int, key: bytes, digest: st
     ignoring anything after it (e.g. FINGERPRINT).
     """
     length = offset - HEADER_SIZE + 4 + value_size
-    mac = hmac.new(key, data[:2], digest)
-    mac.update(_U16.pack(length))
-    mac.update(data[4:offset])
-    return mac.digest()
+    # one-shot hmac.digest runs in C; hmac.new builds a Python object per call
+    return hmac.digest(key, data[:2] + _U16.pack(length) + data[4:offset], digest)
 
 
 def _fingerprint(data: bytes) -> int:
@@ -242,10 +239,10 @@ def encode_message(
         return _HEADER.pack(mtype, length, MAGIC_COOKIE, transaction_id)
 
     if integrity_key is not None:
-        mac = hmac.new(integrity_key, header(4 + _MI_SIZE) + body, hashlib.sha1).digest()
+        mac = hmac.digest(integrity_key, header(4 + _MI_SIZE) + body, "sha1")
         body += _attr(ATTR_MESSAGE_INTEGRITY, mac)
     if integrity_sha256_key is not None:
-        mac = hmac.new(integrity_sha256_key, header(4 + 32) + body, hashlib.sha256).digest()
+        mac = hmac.digest(integrity_sha256_key, header(4 + 32) + body, "sha256")
         body += _attr(ATTR_MESSAGE_INTEGRITY_SHA256, mac)
     if fingerprint:
         crc = _fingerprint(header(8) + body)

@@ -93,7 +93,7 @@ class Nonces:
         self._secret = secret
 
     def _mac(self, stamp: bytes) -> bytes:
-        return hmac.new(self._secret, stamp, hashlib.sha256).digest()[:_NONCE_MAC_BYTES]
+        return hmac.digest(self._secret, stamp, "sha256")[:_NONCE_MAC_BYTES]
 
     def issue(self, now: float) -> str:
         stamp = struct.pack("!I", int(now) & 0xFFFFFFFF)

@@ -7,6 +7,7 @@ Media takes the shell's hot path instead (see `allocation.py`); `handle_channel_
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import secrets
@@ -50,6 +51,7 @@ class Authenticated:
     key: bytes
 
 
+@functools.lru_cache(maxsize=256)
 def listener_family(listener: ListenerConfig) -> int:
     try:
         version = ipaddress.ip_address(listener.address or "0.0.0.0").version
