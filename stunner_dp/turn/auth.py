@@ -56,6 +56,7 @@ class KeyLookup:
 
     key: bytes | None
     reason: str = ""
+    expired: bool = False  # an ephemeral username past its time: no key may stand in for it
 
 
 class Credentials:
@@ -81,7 +82,7 @@ class Credentials:
         if expiry is None:
             return KeyLookup(None, "ephemeral username has no expiry timestamp")
         if expiry < now:
-            return KeyLookup(None, "ephemeral username expired")
+            return KeyLookup(None, "ephemeral username expired", expired=True)
         password = ephemeral_password(self._auth.secret, username)
         return KeyLookup(long_term_key(username, self.realm, password))
 

@@ -331,10 +331,17 @@ class TurnServer:
             return self._challenge(ctx, msg, 401, now)
         found = self.credentials.lookup(username, now)
         reason = found.reason
-        if found.key is not None and msg.check_integrity(found.key):
+        key = found.key if found.key is not None and msg.check_integrity(found.key) else None
+        if key is None and not found.expired:
+            # Requests on an allocation may keep using the credentials that made it (RFC 8656
+            # 7.3), so rotating the password or secret does not strand live calls.
+            alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
+            if alloc is not None and alloc.username == username and msg.check_integrity(alloc.key):
+                key = alloc.key
+        if key is not None:
             self.auth_limiter.succeeded(quser, ctx.client[0], now)
             self._authenticated = True
-            return Authenticated(username, found.key)
+            return Authenticated(username, key)
         self.auth_failures += 1
         self.auth_limiter.failed(quser, now)
         if not reason:

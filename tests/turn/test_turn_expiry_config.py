@@ -228,13 +228,19 @@ def test_allocate_on_a_removed_listener_fails() -> None:
     assert h.relays.calls == []
 
 
-def test_changed_credentials_apply_to_the_next_request() -> None:
+def test_rotated_credentials_keep_existing_allocations_alive() -> None:
     h, c = allocated()
     auth = dataclasses.replace(h.config.auth, password="rotated")
     h.server.update_config(dataclasses.replace(h.config, auth=auth))
-    assert error_code(c.refresh(now=T0 + 1)) == 401
+    # the allocation's own credentials still sign its requests (RFC 8656 7.3)...
+    assert_success(c.refresh(now=T0 + 1), stun.METHOD_REFRESH)
+    # ...but they make no new allocation, and the new ones do
+    stranger = h.client(("192.0.2.99", 40000))
+    assert error_code(stranger.allocate(now=T0 + 2)) == 401
+    stranger.password = "rotated"
+    assert_success(stranger.allocate(now=T0 + 3), stun.METHOD_ALLOCATE)
     c.password = "rotated"
-    assert_success(c.refresh(now=T0 + 2), stun.METHOD_REFRESH)
+    assert_success(c.refresh(now=T0 + 4), stun.METHOD_REFRESH)
 
 
 def test_new_listener_gets_allocations() -> None:
