@@ -12,6 +12,7 @@ the first two until the permission is renewed, so the hot path needs no expiry c
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from stunner_dp.turn.access import PortSet
@@ -66,6 +67,7 @@ class Allocation:
     peer_channels: dict[Addr, Channel] = field(default_factory=dict)
     permissions: dict[str, Permission] = field(default_factory=dict)
     bindings: dict[int, Channel] = field(default_factory=dict)  # all bound channels, live or not
+    soonest: float = math.inf  # when the first permission or channel expires (kept by _sync)
     # expired entries' counts, by (cluster, framed), so churn does not grow a list
     retired: dict[tuple[str, bool], Traffic] = field(default_factory=dict)
 
@@ -74,10 +76,7 @@ class Allocation:
         return self.relay.address
 
     def next_deadline(self) -> float:
-        deadlines = [self.expires]
-        deadlines.extend(p.expires for p in self.permissions.values())
-        deadlines.extend(c.expires for c in self.bindings.values())
-        return min(deadlines)
+        return min(self.expires, self.soonest)
 
     # -- permissions and channels (slow path) -------------------------------------------------
 
@@ -132,10 +131,15 @@ class Allocation:
         return perm is not None and peer[1] in perm.ports
 
     def _sync_channels(self) -> None:
-        """Rebuild the hot-path channel views from the bindings that hold a permission."""
+        """Rebuild the hot-path channel views from the bindings that hold a permission, and
+        note the next permission or channel expiry (so the timer need not look inside)."""
         live = [c for c in self.bindings.values() if self._peer_allowed(c.peer)]
         self.channels = {c.number: c for c in live}
         self.peer_channels = {c.peer: c for c in live}
+        self.soonest = min(
+            min((p.expires for p in self.permissions.values()), default=math.inf),
+            min((c.expires for c in self.bindings.values()), default=math.inf),
+        )
 
     # -- accounting ----------------------------------------------------------------------------
 

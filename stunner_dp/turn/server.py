@@ -220,7 +220,7 @@ class TurnServer:
             for alloc in list(table.values()):
                 if alloc.expires <= now:
                     self.delete(alloc, "expired")
-                elif alloc.next_deadline() <= now:
+                elif alloc.soonest <= now:
                     alloc.expire(now)
 
     def remove_client(self, listener: str, client: Addr, reason: str) -> None:
