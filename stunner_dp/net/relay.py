@@ -24,7 +24,6 @@ from stunner_dp.turn.types import Addr
 from . import gso
 from .counters import ListenerCounters
 
-_pack_channel_header = struct.Struct("!HH").pack
 _pack_channel_header_into = struct.Struct("!HH").pack_into
 READ_BATCH = 64  # datagrams read per wake-up, so one busy socket cannot starve the others
 RECV_SIZE = 65536
@@ -73,9 +72,12 @@ class RelaySocket:
     def attach(self, allocation: Allocation | None) -> None:
         self.allocation = allocation
         if allocation is not None and not self._reading:
-            reader = (
-                self._on_readable_v6 if self._sock.family == socket.AF_INET6 else self._on_readable
+            batching = (
+                allocation.link.sendmsg is not None
+                and self._pool.gso
+                and self._sock.family == socket.AF_INET
             )
+            reader = self._on_readable if batching else self._on_readable_plain
             self._loop.add_reader(self._sock.fileno(), reader)
             self._reading = True
 
@@ -89,9 +91,6 @@ class RelaySocket:
     def _on_readable(self) -> None:
         alloc = self.allocation
         if alloc is None:
-            return
-        if alloc.link.sendmsg is None or not self._pool.gso:
-            self._relay_one_by_one(alloc)
             return
         # Datagrams land 4 bytes past the end of the previous ChannelData frame in one shared
         # buffer, and their header is written in front of them in place. Consecutive frames of
@@ -149,11 +148,16 @@ class RelaySocket:
         except OSError:
             self.dropped += count
 
+    def _on_readable_plain(self) -> None:
+        if self.allocation is not None:
+            self._relay_one_by_one(self.allocation)
+
     def _relay_one_by_one(self, alloc: Allocation) -> None:
-        # Stream clients (and kernels without GSO): each frame is handed on by itself.
+        # Stream clients, IPv6 relays and kernels without GSO: each frame is handed on by itself.
         recvfrom_into = self._sock.recvfrom_into
         pool = self._pool
         buf, view, payload_view = pool.buffer, pool.view, pool.payload_view
+        ipv6 = self._sock.family == socket.AF_INET6
         for _ in range(READ_BATCH):
             try:
                 size, peer = recvfrom_into(payload_view)
@@ -161,6 +165,8 @@ class RelaySocket:
                 return
             except OSError:
                 continue
+            if ipv6:  # (host, port, flowinfo, scope_id): our tables key on (host, port)
+                peer = (peer[0], peer[1])
             chan = alloc.peer_channels.get(peer)
             if chan is not None:
                 _pack_channel_header_into(buf, 0, chan.number, size)
@@ -173,33 +179,6 @@ class RelaySocket:
                 chan.in_bytes += size
                 continue
             self._to_client_slow(alloc, peer, bytes(payload_view[:size]))
-
-    def _on_readable_v6(self) -> None:
-        # IPv6 sockets report (host, port, flowinfo, scope_id); our tables key on (host, port).
-        recvfrom = self._sock.recvfrom
-        for _ in range(READ_BATCH):
-            try:
-                data, peer6 = recvfrom(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue
-            alloc = self.allocation
-            if alloc is None:
-                return
-            peer = (peer6[0], peer6[1])
-            chan = alloc.peer_channels.get(peer)
-            if chan is not None:
-                size = len(data)
-                try:
-                    alloc.link.sendto(_pack_channel_header(chan.number, size) + data, alloc.client)
-                except OSError:
-                    self.dropped += 1
-                    continue
-                chan.in_packets += 1
-                chan.in_bytes += size
-                continue
-            self._to_client_slow(alloc, peer, data)
 
     def _to_client_slow(self, alloc: Allocation, peer: Addr, data: bytes) -> None:
         perm = alloc.permissions.get(peer[0])
