@@ -10,8 +10,10 @@ Two limits, both sans-IO (the caller passes `now`), both with bounded memory:
   usernames the user id, not the timestamp), a token bucket of `limit` failures refilled at
   `limit` per `window` seconds. While it is empty, requests for that user are answered 401
   without checking the key, so a password cannot be guessed faster than `limit` per `window`.
-  Source IPs that authenticated as that user within the last `window` seconds are exempt: a
-  stranger hammering a shared username does not lock out the clients already using it.
+  Source IPs that authenticated as that user within the last `trust` seconds (an hour: longer
+  than any allocation lifetime, so a client that keeps its allocation alive stays trusted) are
+  exempt: a stranger hammering a shared username does not lock out the clients already using
+  it, nor stop their refreshes.
 
 Tables are capped at `max_entries` keys; when one is full, entries whose bucket has refilled
 are dropped, and if that frees nothing the table starts over (limits fail open for a moment
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "AUTH_FAILURE_WINDOW",
+    "AUTH_TRUST",
     "MAX_ENTRIES",
     "AuthFailureLimiter",
     "TokenBuckets",
@@ -31,6 +34,7 @@ __all__ = [
 ]
 
 AUTH_FAILURE_WINDOW = 60.0  # seconds over which `auth_failures_per_user` failures are allowed
+AUTH_TRUST = 3600.0  # seconds a source IP stays exempt after logging in as a user
 MAX_ENTRIES = 65536
 
 
@@ -116,10 +120,15 @@ class AuthFailureLimiter:
     """Failed authentications per user: `limit` per `window` seconds; 0 = unlimited."""
 
     def __init__(
-        self, limit: int, window: float = AUTH_FAILURE_WINDOW, max_entries: int = MAX_ENTRIES
+        self,
+        limit: int,
+        window: float = AUTH_FAILURE_WINDOW,
+        max_entries: int = MAX_ENTRIES,
+        trust: float = AUTH_TRUST,
     ) -> None:
         self.limit = limit
         self.window = window
+        self.trust = trust
         self.max_entries = max_entries
         rate = limit / window if limit else 0.0
         self._failures = TokenBuckets(rate, float(limit), max_entries)
@@ -130,7 +139,7 @@ class AuthFailureLimiter:
         if not self.limit or self._failures.available(user, now):
             return False
         seen = self._trusted.get((user, ip))
-        return seen is None or now - seen > self.window
+        return seen is None or now - seen > self.trust
 
     def failed(self, user: str, now: float) -> None:
         if self.limit:
@@ -141,7 +150,7 @@ class AuthFailureLimiter:
             return
         trusted = self._trusted
         if (user, ip) not in trusted and len(trusted) >= self.max_entries:
-            for key in [k for k, t in trusted.items() if now - t > self.window]:
+            for key in [k for k, t in trusted.items() if now - t > self.trust]:
                 del trusted[key]
             if len(trusted) >= self.max_entries:
                 trusted.clear()

@@ -72,20 +72,27 @@ def test_failures_lock_a_user_and_the_lock_wears_off() -> None:
 
 
 def test_a_source_that_logged_in_recently_is_not_locked_out() -> None:
-    lim = AuthFailureLimiter(2, window=60.0)
+    lim = AuthFailureLimiter(2, window=60.0, trust=600.0)
     lim.succeeded("alice", "1.1.1.1", NOW)
     lim.failed("alice", NOW)
     lim.failed("alice", NOW)
     assert lim.locked("alice", "6.6.6.6", NOW + 1)
     assert not lim.locked("alice", "1.1.1.1", NOW + 1)
-    lim.failed("alice", NOW + 61)
-    lim.failed("alice", NOW + 61)
-    lim.failed("alice", NOW + 61)
-    assert lim.locked("alice", "1.1.1.1", NOW + 62)  # trust lasts one window
+    lim.failed("alice", NOW + 590)
+    lim.failed("alice", NOW + 590)
+    lim.failed("alice", NOW + 590)
+    assert not lim.locked("alice", "1.1.1.1", NOW + 599)  # refreshes keep coming through
+    assert lim.locked("alice", "1.1.1.1", NOW + 601)  # trust lasts `trust` seconds
+
+
+def test_default_trust_outlasts_any_allocation_lifetime() -> None:
+    from stunner_dp.turn.server import MAX_LIFETIME
+
+    assert AuthFailureLimiter(10).trust >= MAX_LIFETIME
 
 
 def test_trusted_table_is_bounded() -> None:
-    lim = AuthFailureLimiter(2, window=1.0, max_entries=50)
+    lim = AuthFailureLimiter(2, window=1.0, max_entries=50, trust=1.0)
     for i in range(5000):
         lim.succeeded("u", f"ip{i}", NOW + i * 0.01)
     assert len(lim._trusted) <= 50
