@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 __all__ = [
     "AUTH_FAILURE_WINDOW",
-    "AUTH_TRUST",
     "MAX_ENTRIES",
     "AuthFailureLimiter",
     "TokenBuckets",
@@ -34,7 +33,6 @@ __all__ = [
 ]
 
 AUTH_FAILURE_WINDOW = 60.0  # seconds over which `auth_failures_per_user` failures are allowed
-AUTH_TRUST = 3600.0  # seconds a source IP stays exempt after logging in as a user
 MAX_ENTRIES = 65536
 
 
@@ -117,41 +115,22 @@ class UnauthLimiter:
 
 
 class AuthFailureLimiter:
-    """Failed authentications per user: `limit` per `window` seconds; 0 = unlimited."""
+    """Failed authentications per (user, source IP): `limit` per `window` seconds; 0 =
+    unlimited. Keyed by the source too: a stranger guessing at a shared username (with static
+    auth every client has the same one) locks out himself, not its other users."""
 
     def __init__(
-        self,
-        limit: int,
-        window: float = AUTH_FAILURE_WINDOW,
-        max_entries: int = MAX_ENTRIES,
-        trust: float = AUTH_TRUST,
+        self, limit: int, window: float = AUTH_FAILURE_WINDOW, max_entries: int = MAX_ENTRIES
     ) -> None:
         self.limit = limit
         self.window = window
-        self.trust = trust
-        self.max_entries = max_entries
         rate = limit / window if limit else 0.0
         self._failures = TokenBuckets(rate, float(limit), max_entries)
-        self._trusted: dict[tuple[str, str], float] = {}  # (user, ip) -> last success
 
     def locked(self, user: str, ip: str, now: float) -> bool:
-        """Is `user` locked out for a request from `ip` (answer 401 without checking)?"""
-        if not self.limit or self._failures.available(user, now):
-            return False
-        seen = self._trusted.get((user, ip))
-        return seen is None or now - seen > self.trust
+        """Is `user` locked out from `ip` (answer 401 without checking the key)?"""
+        return bool(self.limit) and not self._failures.available(f"{user}\0{ip}", now)
 
-    def failed(self, user: str, now: float) -> None:
+    def failed(self, user: str, ip: str, now: float) -> None:
         if self.limit:
-            self._failures.take(user, now)
-
-    def succeeded(self, user: str, ip: str, now: float) -> None:
-        if not self.limit:
-            return
-        trusted = self._trusted
-        if (user, ip) not in trusted and len(trusted) >= self.max_entries:
-            for key in [k for k, t in trusted.items() if now - t > self.trust]:
-                del trusted[key]
-            if len(trusted) >= self.max_entries:
-                trusted.clear()
-        trusted[(user, ip)] = now
+            self._failures.take(f"{user}\0{ip}", now)

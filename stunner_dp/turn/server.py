@@ -339,11 +339,10 @@ class TurnServer:
             if alloc is not None and alloc.username == username and msg.check_integrity(alloc.key):
                 key = alloc.key
         if key is not None:
-            self.auth_limiter.succeeded(quser, ctx.client[0], now)
             self._authenticated = True
             return Authenticated(username, key)
         self.auth_failures += 1
-        self.auth_limiter.failed(quser, now)
+        self.auth_limiter.failed(quser, ctx.client[0], now)
         if not reason:
             reason = "realm mismatch" if client_realm != realm else "wrong password"
         self.events.append(ev.AuthFailed(ctx.listener, ctx.client, username, reason))
