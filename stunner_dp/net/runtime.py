@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from stunner_dp.config import ListenerConfig, StunnerConfig, diff_configs, parse_config
 from stunner_dp.observe.logs import get_logger
@@ -31,7 +31,10 @@ from .relay import RelayPool
 from .tcp import StreamListener
 from .udp import UdpListener, bind_udp
 
-Listener = UdpListener | StreamListener
+if TYPE_CHECKING:  # pyOpenSSL is imported when a DTLS listener starts, not before
+    from .dtls import DtlsListener
+
+Listener: TypeAlias = "UdpListener | StreamListener | DtlsListener"
 TICK = 1.0  # seconds between expiry sweeps
 DEMO_CREDENTIALS = ("user-1", "pass-1")
 
@@ -162,6 +165,21 @@ class Server:
                     reuse_address=True,
                 )
                 self.listeners[listener.name] = stream
+            elif listener.transport == "dtls":
+                from .dtls import DtlsListener, dtls_context
+
+                dtls = dtls_context(listener)  # before the bind: a bad cert leaves no socket
+                sock = bind_udp(host, listener.port, reuse_port=self._reuse_port)
+                self.listeners[listener.name] = DtlsListener(
+                    self._loop,
+                    listener.name,
+                    sock,
+                    self.turn,
+                    self.process_events,
+                    time.time,
+                    counters,
+                    dtls,
+                )
             else:
                 netlog.error(
                     "listener protocol not supported yet",
@@ -247,18 +265,18 @@ class Server:
                 c = relays.counters.get(name) or ListenerCounters()
                 lst = self.listeners.get(name)
                 streams = isinstance(lst, StreamListener)
+                # TCP/TLS: open connections; DTLS: associations (UDP: none, allocations count)
+                conns = getattr(lst, "connections", None)
                 listeners[name] = {
                     "rx_packets": c.rx_packets,
                     "rx_bytes": c.rx_bytes,
                     "tx_packets": c.tx_packets,
                     "tx_bytes": c.tx_bytes,
                     "dropped": c.dropped,
-                    "connections": len(lst.connections)
-                    if isinstance(lst, StreamListener)
+                    "connections": len(conns)
+                    if conns is not None
                     else len(turn.allocations.get(name, {})),
-                    "connections_total": lst.connections_total
-                    if isinstance(lst, StreamListener)
-                    else c.allocations_total,
+                    "connections_total": getattr(lst, "connections_total", c.allocations_total),
                     "streams": int(streams),
                 }
             return listeners[name]
