@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from dtls_client import DtlsTurnClient
@@ -27,8 +29,10 @@ from tls_helpers import (
 from turnclient import error_code
 
 from stunner_dp import stun
+from stunner_dp.config import load_config_file
 from stunner_dp.net.dtls import DtlsListener, is_client_hello, pack_datagrams
 from stunner_dp.net.runtime import Server
+from stunner_dp.probe import TurnClient
 from stunner_dp.testing import DEFAULT_PASSWORD, DEFAULT_USERNAME, free_port, udp_echo_peer
 from stunner_dp.testing import make_config as base_config
 
@@ -323,3 +327,33 @@ def test_client_hello_recognised() -> None:
     assert is_client_hello(hello)
     assert not is_client_hello(b"\x17" + hello[1:])  # application data
     assert not is_client_hello(hello[:13])
+
+
+async def test_shipped_example_serves_tls_and_dtls() -> None:
+    """config/examples/tls-dtls.json starts as it is (its example pair is real), on free ports:
+    a DTLS client completes a handshake and gets a 401 challenge, a TLS client too."""
+    path = Path(__file__).resolve().parents[2] / "config" / "examples" / "tls-dtls.json"
+    config = load_config_file(path, env={"STUNNER_ADDR": "127.0.0.1"}).to_dict()
+    port = free_port()
+    for lis in config["listeners"]:
+        lis["port"] = port
+        lis["min_relay_port"], lis["max_relay_port"] = 31900, 31999
+    async with Server(config, bind_host="127.0.0.1") as server:
+        assert not server.failed_listeners, server.failed_listeners
+        async with DtlsTurnClient(("127.0.0.1", port)) as client:
+            assert client.ssl.get_peer_certificate() is not None
+            await client.challenge()
+        tls = TurnClient(("127.0.0.1", port), "tls", 3.0, insecure_context())
+        await tls.connect()
+        try:
+            resp = await tls.challenge()
+            assert resp.cls == stun.CLASS_ERROR
+        finally:
+            tls.close()
+
+
+def insecure_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
