@@ -5,6 +5,7 @@ for batches of 4 and 0.9 µs for 16 (see README "Performance")."""
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 
@@ -12,6 +13,9 @@ SOL_UDP = getattr(socket, "SOL_UDP", 17)
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS
 MAX_BYTES = 65000  # one GSO send is one IP datagram before segmentation: stay under 64 KiB
+
+# what sendmsg says when the device or the route cannot segment: fall back, don't drop
+UNSUPPORTED_ERRNOS = frozenset({errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
 
 _segment_size = struct.Struct("=H").pack
 

@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable
 
 from stunner_dp.config import ListenerConfig
+from stunner_dp.observe.logs import get_logger
 from stunner_dp.stun import FAMILY_IPV6
 from stunner_dp.turn.allocation import Allocation
 from stunner_dp.turn.server import data_indication
@@ -23,6 +24,8 @@ from stunner_dp.turn.types import Addr
 
 from . import gso
 from .counters import ListenerCounters
+
+log = get_logger("net")
 
 _pack_channel_header_into = struct.Struct("!HH").pack_into
 READ_BATCH = 64  # datagrams read per wake-up, so one busy socket cannot starve the others
@@ -141,12 +144,30 @@ class RelaySocket:
         try:
             if count == 1:
                 alloc.link.sendto(frames, alloc.client)
-            else:
+            elif self._pool.gso:
                 send = alloc.link.sendmsg
                 assert send is not None
                 send([frames], gso.segment_option(seg), 0, alloc.client)
-        except OSError:
-            self.dropped += count
+            else:
+                self._send_each(alloc, frames, seg)
+        except OSError as exc:
+            if count > 1 and exc.errno in gso.UNSUPPORTED_ERRNOS:
+                # The way out cannot segment (a device without checksum offload): batch no
+                # more, and let this batch go one datagram at a time.
+                self._pool.gso = False
+                log.warning(
+                    "UDP GSO refused by the kernel: relaying datagram by datagram", error=str(exc)
+                )
+                self._send_each(alloc, frames, seg)
+            else:
+                self.dropped += count
+
+    def _send_each(self, alloc: Allocation, frames: memoryview, seg: int) -> None:
+        for start in range(0, len(frames), seg):
+            try:
+                alloc.link.sendto(frames[start : start + seg], alloc.client)
+            except OSError:
+                self.dropped += 1
 
     def _on_readable_plain(self) -> None:
         if self.allocation is not None:

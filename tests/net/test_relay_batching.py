@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
 from turnclient import RawTurnClient
 
 from stunner_dp import stun
 from stunner_dp.net import gso
+from stunner_dp.net.relay import RelaySocket
 from stunner_dp.testing import TurnServerHandle
 
 CHANNEL = 0x4001
@@ -72,3 +74,27 @@ async def test_peer_burst_reaches_client_whole_and_in_order(turn_server: TurnSer
     finally:
         peer.close()
         other.close()
+
+
+async def test_a_batch_the_kernel_refuses_goes_one_by_one(turn_server: TurnServerHandle) -> None:
+    # 129 segments is more than any kernel's UDP_MAX_SEGMENTS (64, 128 in newer ones): the
+    # kernel answers EINVAL, as a device without checksum offload answers EIO. The relay must
+    # fall back, not drop.
+    pool = turn_server.server.relays
+    assert pool is not None
+    if not pool.gso:
+        pytest.skip("this kernel has no UDP GSO")
+    async with RawTurnClient(turn_server.address) as client:
+        await client.allocate(turn_server.username, turn_server.password)
+        turn = turn_server.server.turn
+        assert turn is not None
+        [alloc] = turn.all_allocations()
+        relay = alloc.relay
+        assert isinstance(relay, RelaySocket)
+        frames = b"".join(
+            stun.encode_channel_data(CHANNEL, bytes([i % 256]) * 16) for i in range(129)
+        )
+        relay._send_batch(alloc, memoryview(frames), 20, 129)
+        got = [await client.next_unsolicited() for _ in range(129)]
+        assert got == [stun.encode_channel_data(CHANNEL, bytes([i % 256]) * 16) for i in range(129)]
+        assert pool.gso is False  # no more batches on this kernel path
