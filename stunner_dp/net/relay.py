@@ -134,7 +134,8 @@ class RelaySocket:
                 self._send_batch(alloc, view[:off], seg, count)
                 buf[:frame] = bytes(view[off : off + frame])  # may overlap: copy first
                 off, seg, count = frame, frame, 1
-                continue
+                if off + seg <= gso.MAX_BYTES:  # room for another: else it leaves alone
+                    continue
             self._send_batch(alloc, view[:off], seg, count)
             off = count = 0
         if count:

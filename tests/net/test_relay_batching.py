@@ -98,3 +98,36 @@ async def test_a_batch_the_kernel_refuses_goes_one_by_one(turn_server: TurnServe
         got = [await client.next_unsolicited() for _ in range(129)]
         assert got == [stun.encode_channel_data(CHANNEL, bytes([i % 256]) * 16) for i in range(129)]
         assert pool.gso is False  # no more batches on this kernel path
+
+
+async def test_long_frames_after_a_short_one_are_not_batched_past_64k(
+    turn_server: TurnServerHandle,
+) -> None:
+    # A longer frame starts a new batch; two 40,000-byte frames in one batch would be one
+    # 80 KB sendmsg, more than a UDP datagram can be before segmentation: the kernel refuses
+    # it and both frames would be lost. Each must reach the client.
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+    try:
+        async with RawTurnClient(turn_server.address) as client:
+            assert client.transport is not None
+            client.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20
+            )
+            relay = await client.allocate(turn_server.username, turn_server.password)
+            assert (
+                await client.channel_bind(CHANNEL, peer.getsockname())
+            ).cls == stun.CLASS_SUCCESS
+            sizes = [100, 40000, 40000]
+            payloads = [bytes([i + 1]) * size for i, size in enumerate(sizes)]
+            for payload in payloads:  # without yielding: read in one wake-up
+                peer.sendto(payload, relay)
+            got = []
+            for _ in payloads:
+                number, payload = stun.parse_channel_data(await client.next_unsolicited())
+                assert number == CHANNEL
+                got.append(payload)
+            assert got == payloads
+    finally:
+        peer.close()
