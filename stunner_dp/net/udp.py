@@ -70,6 +70,11 @@ class UdpListener:
     def close(self) -> None:
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
+        # Its allocations answer and relay through this socket: they end with it (a restarted
+        # listener starts afresh, as a TCP one whose connections are aborted does).
+        for alloc in list(self._table.values()):
+            if alloc.link is self:
+                self._server.delete(alloc, "listener stopped")
 
     def _on_readable(self) -> None:
         # recvfrom_into a buffer we own: recvfrom(n) would allocate n bytes per datagram and
