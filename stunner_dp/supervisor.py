@@ -283,15 +283,18 @@ class Supervisor:
             loop.create_task(self._read(slot, reader)),
             loop.create_task(self._watch(slot, process)),
         ]
+        # what the worker starts with: a config, DNS answers or drain state that change while
+        # it starts (it is not `alive`, so nothing is sent to it) are sent once it is ready
+        sent = (self.config, self._resolved(), self._draining)
         write_frame(
             writer,
             {
                 "type": "init",
                 "index": slot.index,
-                "config": self.config.to_dict(),
+                "config": sent[0].to_dict(),
                 "nonce_secret": self._nonce_secret.hex(),
-                "resolved": self._resolved(),
-                "draining": self._draining,
+                "resolved": sent[1],
+                "draining": sent[2],
                 "alternate_server": list(self._alternate) if self._alternate else None,
                 "bind_host": self._bind_host,
                 "software": self._software,
@@ -312,6 +315,13 @@ class Supervisor:
         slot.listeners = dict(ready.get("listeners", {}))
         slot.failed = dict(ready.get("failed", {}))
         slot.stats = ready.get("stats")
+        if self.config is not None and (self.config, self._resolved()) != sent[:2]:
+            write_frame(
+                writer,
+                {"type": "config", "config": self.config.to_dict(), "resolved": self._resolved()},
+            )
+        if self._draining != sent[2]:
+            write_frame(writer, {"type": "draining", "value": self._draining})
         log.info("worker started", worker=slot.index, pid=process.pid)
 
     async def _read(self, slot: WorkerSlot, reader: asyncio.StreamReader) -> None:
