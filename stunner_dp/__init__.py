@@ -1,8 +1,8 @@
 """stunner-dp: a TURN/STUN server for WebRTC, a drop-in dataplane for STUNner.
 
-    from stunner_dp import Server
-    async with Server(config) as server:    # a dict or a StunnerConfig, in a running loop
-        port = server.port("udp-listener")
+from stunner_dp import Server
+async with Server(config) as server:    # a dict or a StunnerConfig, in a running loop
+    port = server.port("udp-listener")
 """
 
 from __future__ import annotations

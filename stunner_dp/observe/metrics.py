@@ -137,12 +137,12 @@ class StatsCollector:
         )
         l_conn_total = CounterMetricFamily(
             "stunner_listener_connections",
-            "TCP/TLS connections accepted, or UDP allocations created, on a listener",
+            "TCP/TLS connections accepted, DTLS handshakes completed, or UDP allocations created",
             labels=["name"],
         )
         l_conn = GaugeMetricFamily(
             "stunner_listener_connections",
-            "Open TCP/TLS connections, or live UDP allocations, on a listener",
+            "Open TCP/TLS connections, DTLS associations, or live UDP allocations",
             labels=["name"],
         )
         l_dropped = CounterMetricFamily(

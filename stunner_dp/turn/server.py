@@ -31,6 +31,7 @@ RESERVATION_LIFETIME = 30.0
 # RFC 8656 narrowed channel numbers to 0x4000-0x4FFF; RFC 5766 clients (coturn's uclient among
 # them) pick from 0x4000-0x7FFF, and pion/turn (STUNner), coturn and libwebrtc accept it all.
 CHANNEL_MAX = 0x7FFF
+STREAM_TRANSPORTS = frozenset({"tcp", "tls"})  # ChannelData is padded to 4 bytes on streams
 
 
 class Reject(Exception):
@@ -202,7 +203,7 @@ class TurnServer:
             chan.in_packets += 1
             chan.in_bytes += len(data)
             frame = stun.encode_channel_data(
-                chan.number, data, pad=alloc.transport != "udp", max_channel=CHANNEL_MAX
+                chan.number, data, pad=alloc.transport in STREAM_TRANSPORTS, max_channel=CHANNEL_MAX
             )
             return [(alloc.link, alloc.client, frame)]
         perm = alloc.permissions.get(peer[0])
