@@ -39,6 +39,7 @@ class StreamListener:
         self.connections_total = 0
         self.counters = counters
         self.asyncio_server: asyncio.Server | None = None
+        self.closed = False
         server.allocations.setdefault(name, {})
 
     @property
@@ -50,6 +51,7 @@ class StreamListener:
         return StreamConnection(self)
 
     def close(self) -> None:
+        self.closed = True
         if self.asyncio_server is not None:
             self.asyncio_server.close()
         for conn in list(self.connections):
@@ -69,6 +71,9 @@ class StreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # not an isinstance check: uvloop's TCPTransport does not derive from asyncio.Transport
         self.transport = cast(asyncio.Transport, transport)
+        if self.listener.closed:  # a TLS handshake that finished after its listener stopped
+            self.transport.abort()
+            return
         peer = transport.get_extra_info("peername")
         self.client = (str(peer[0]), int(peer[1]))
         self.ctx = Context(self.listener.name, self.listener.transport, self.client, self)
