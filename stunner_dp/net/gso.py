@@ -14,8 +14,9 @@ UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS
 MAX_BYTES = 65000  # one GSO send is one IP datagram before segmentation: stay under 64 KiB
 
-# what sendmsg says when the device or the route cannot segment: fall back, don't drop
-UNSUPPORTED_ERRNOS = frozenset({errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
+MAX_SEGMENT = 1400  # larger frames go alone: a segment must fit the path MTU to the client
+# what sendmsg says when the device cannot segment at all (no checksum offload): stop batching
+UNSUPPORTED_ERRNOS = frozenset({errno.EIO, errno.EOPNOTSUPP, errno.ENOPROTOOPT})
 
 _segment_size = struct.Struct("=H").pack
 

@@ -30,6 +30,7 @@ log = get_logger("net")
 _pack_channel_header_into = struct.Struct("!HH").pack_into
 READ_BATCH = 64  # datagrams read per wake-up, so one busy socket cannot starve the others
 RECV_SIZE = 65536
+MAX_SEG = gso.MAX_SEGMENT + 4  # a ChannelData frame: header and payload
 
 
 def primary_address(family: int) -> str:
@@ -125,7 +126,7 @@ class RelaySocket:
                 seg = frame
                 off += frame
                 count += 1
-                if count < gso.MAX_SEGMENTS and off + seg <= gso.MAX_BYTES:
+                if count < gso.MAX_SEGMENTS and off + seg <= gso.MAX_BYTES and seg <= MAX_SEG:
                     continue
             elif frame < seg:  # a shorter frame may end a batch as its last segment
                 off += frame
@@ -134,7 +135,7 @@ class RelaySocket:
                 self._send_batch(alloc, view[:off], seg, count)
                 buf[:frame] = bytes(view[off : off + frame])  # may overlap: copy first
                 off, seg, count = frame, frame, 1
-                if off + seg <= gso.MAX_BYTES:  # room for another: else it leaves alone
+                if off + seg <= gso.MAX_BYTES and seg <= MAX_SEG:  # else it leaves alone
                     continue
             self._send_batch(alloc, view[:off], seg, count)
             off = count = 0
@@ -160,6 +161,8 @@ class RelaySocket:
                     "UDP GSO refused by the kernel: relaying datagram by datagram", error=str(exc)
                 )
                 self._send_each(alloc, frames, seg)
+            elif count > 1 and exc.errno == errno.EINVAL:
+                self._send_each(alloc, frames, seg)  # this batch's shape, not the device
             else:
                 self.dropped += count
 
@@ -260,6 +263,17 @@ class RelayPool:
 
     def open(
         self, listener: ListenerConfig, family: int, *, even: bool = False, pair: bool = False
+    ) -> tuple[RelaySocket, RelaySocket | None] | None:
+        try:
+            return self._open(listener, family, even=even, pair=pair)
+        except OSError as exc:
+            # e.g. the relay address left the host: this Allocate gets 508, the server goes on
+            log.error("relay port could not be opened", listener=listener.name, error=str(exc))
+            self.exhausted += 1
+            return None
+
+    def _open(
+        self, listener: ListenerConfig, family: int, *, even: bool, pair: bool
     ) -> tuple[RelaySocket, RelaySocket | None] | None:
         af = socket.AF_INET6 if family == FAMILY_IPV6 else socket.AF_INET
         bind_ip = self._bind_ip(listener, af)

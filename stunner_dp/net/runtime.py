@@ -222,9 +222,12 @@ class Server:
             self._stop_listener(name)
         self.config = config
         self.turn.update_config(config, access or PeerAccess.from_config(config))
-        for name in (*diff.listeners_to_restart, *diff.listeners_to_start):
-            listener = config.listener(name)
-            if listener is not None:
+        for name in [n for n in self.failed_listeners if config.listener(n) is None]:
+            del self.failed_listeners[name]
+        # Every configured listener that is not running starts: the new and restarted ones, and
+        # those that could not start before (a port taken), changed or not.
+        for listener in config.listeners:
+            if listener.name not in self.listeners:
                 await self._start_listener(listener)
         self._warn_demo_credentials()
         self.process_events()

@@ -75,6 +75,7 @@ class UdpListener:
         for alloc in list(self._table.values()):
             if alloc.link is self:
                 self._server.delete(alloc, "listener stopped")
+        self._server.drop_reservations(self.name)
 
     def _on_readable(self) -> None:
         # recvfrom_into a buffer we own: recvfrom(n) would allocate n bytes per datagram and

@@ -140,6 +140,7 @@ class TurnServer:
             for alloc in list(self.allocations[name].values()):
                 self.delete(alloc, "listener removed")
             del self.allocations[name]
+            self.drop_reservations(name)
         self.revalidate()
 
     def revalidate(self) -> None:
@@ -223,6 +224,11 @@ class TurnServer:
                     self.delete(alloc, "expired")
                 elif alloc.soonest <= now:
                     alloc.expire(now)
+
+    def drop_reservations(self, listener: str) -> None:
+        """Free the ports reserved by RESERVATION-TOKENs of a listener that stops or goes."""
+        for key in [k for k in self.reservations if k[0] == listener]:
+            self.reservations.pop(key)[0].close()
 
     def remove_client(self, listener: str, client: Addr, reason: str) -> None:
         """The client's connection is gone (TCP/TLS): so is its allocation (RFC 8656 3.1)."""

@@ -34,3 +34,22 @@ async def test_udp_listener_restart_ends_its_allocations() -> None:
             # and the client learns that its allocation is gone
             resp = await client.request(stun.METHOD_REFRESH)
             assert error_code(resp) in (401, 437)
+
+
+async def test_a_listener_that_could_not_start_is_tried_again_with_the_next_config() -> None:
+    async with start_turn_server() as ts:
+        # take the TCP listener down, then hold its port as another process would
+        ts.server._stop_listener("tcp-listener")
+        squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", ts.port))
+        squatter.listen()
+        try:
+            await ts.server.apply(parse_config(copy.deepcopy(ts.config)))
+            assert "tcp-listener" in ts.server.failed_listeners
+        finally:
+            squatter.close()
+        # nothing changed in the config, yet the listener comes back once its port is free
+        await ts.server.apply(parse_config(copy.deepcopy(ts.config)))
+        assert "tcp-listener" not in ts.server.failed_listeners
+        assert ts.server.port("tcp-listener") == ts.port

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from turn_harness import (
     CLIENT,
@@ -469,3 +471,14 @@ def test_binding_built_and_read_by_aioice() -> None:
     assert resp.transaction_id == req.transaction_id
     assert resp.attributes["XOR-MAPPED-ADDRESS"] == ("2001:db8::5", 3333)
     assert "FINGERPRINT" in resp.attributes
+
+
+def test_removing_a_listener_frees_its_reserved_ports() -> None:
+    h = Harness()
+    resp = h.client().allocate(UDP_TRANSPORT + even_port(True))
+    assert resp.get(stun.ATTR_RESERVATION_TOKEN) is not None
+    assert h.relays.open_ports == {31002, 31003}
+    others = tuple(lis for lis in h.config.listeners if lis.name != "udp")
+    h.server.update_config(dataclasses.replace(h.config, listeners=others))
+    assert h.relays.open_ports == set()  # the allocation's port and the reserved one
+    assert h.server.reservations == {}
