@@ -30,6 +30,7 @@ log = get_logger("net")
 _pack_channel_header_into = struct.Struct("!HH").pack_into
 READ_BATCH = 64  # datagrams read per wake-up, so one busy socket cannot starve the others
 RECV_SIZE = 65536
+PortKey = tuple[int, str, int]  # (address family, bound address, port)
 MAX_SEG = gso.MAX_SEGMENT + 4  # a ChannelData frame: header and payload
 
 
@@ -51,6 +52,7 @@ class RelaySocket:
     """One relay transport address (implements turn.types.RelayHandle)."""
 
     __slots__ = (
+        "_key",
         "_loop",
         "_pool",
         "_reading",
@@ -62,8 +64,12 @@ class RelaySocket:
         "sendto",
     )
 
-    def __init__(self, pool: RelayPool, sock: socket.socket, advertised: Addr) -> None:
+    def __init__(
+        self, pool: RelayPool, sock: socket.socket, advertised: Addr, key: PortKey
+    ) -> None:
         self._pool = pool
+        self._key = key
+        pool.held.add(key)
         self._loop = pool.loop
         self._sock = sock
         self.address = advertised
@@ -91,6 +97,7 @@ class RelaySocket:
             self._reading = False
         self.allocation = None
         self._sock.close()
+        self._pool.held.discard(self._key)
 
     def _on_readable(self) -> None:
         alloc = self.allocation
@@ -235,6 +242,7 @@ class RelayPool:
         self.view = memoryview(self.buffer)
         self.payload_view = self.view[4:]
         self.counters: dict[str, ListenerCounters] = {}  # by listener name, for Data indications
+        self.held: set[PortKey] = set()  # (family, bind address, port) of our open relay sockets
         self._advertised: dict[tuple[str, int], str] = {}
         self._bind_ips: dict[tuple[str, int], str] = {}
         self.exhausted = 0  # Allocates that found no free port
@@ -288,9 +296,15 @@ class RelayPool:
             return None
         # Start at a random port and walk the range once: ports are unguessable and an
         # almost full range still finds its last free port.
+        # Ports this process holds are skipped without a syscall (a failed bind costs a socket
+        # and ~10 µs; in a nearly full range most tries would fail); other processes' ports
+        # (workers share the range) still cost a try.
+        held = self.held
         start = random.randrange(count)
         for i in range(count):
             port = low + ((start + i) % count) * step
+            if (af, bind_ip, port) in held or (pair and (af, bind_ip, port + 1) in held):
+                continue
             first = _bind(af, bind_ip, port)
             if first is None:
                 continue
@@ -298,8 +312,10 @@ class RelayPool:
             if pair and (port + 1 > high or (second := _bind(af, bind_ip, port + 1)) is None):
                 first.close()
                 continue
-            relay = RelaySocket(self, first, (advertised, port))
-            spare = RelaySocket(self, second, (advertised, port + 1)) if second else None
+            relay = RelaySocket(self, first, (advertised, port), (af, bind_ip, port))
+            spare = None
+            if second is not None:
+                spare = RelaySocket(self, second, (advertised, port + 1), (af, bind_ip, port + 1))
             return relay, spare
         self.exhausted += 1
         return None
