@@ -30,12 +30,16 @@ MAX_USERNAME_BYTES = 513
 
 
 def _pack_ip(ip: str) -> tuple[int, bytes]:
+    # dotted-quad IPv4 without the ipaddress module, which costs a page of Python per call;
+    # the round trip through str() admits only the canonical form ("01.2.3.4" is not)
     parts = ip.split(".")
-    # dotted-quad IPv4 without the ipaddress module, which costs a page of Python per call
-    if len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 for p in parts):
-        octets = [int(p) for p in parts]
-        if max(octets) <= 255 and all(p == "0" or p[0] != "0" for p in parts):
-            return FAMILY_IPV4, bytes(octets)
+    if len(parts) == 4:
+        try:
+            packed = bytes(map(int, parts))
+        except ValueError:
+            packed = b""
+        if packed and ".".join(map(str, packed)) == ip:
+            return FAMILY_IPV4, packed
     try:
         parsed = ipaddress.ip_address(ip)
     except ValueError as exc:

@@ -75,7 +75,9 @@ def normalize_peer(addr: Addr) -> Addr:
     return addr
 
 
-Handler = Callable[[Context, Message, Authenticated, float], list[tuple[int, bytes]]]
+# A handler returns the success response's attributes, or a whole response already encoded
+# (an Allocate keeps its own, to answer a retransmission byte for byte).
+Handler = Callable[[Context, Message, Authenticated, float], list[tuple[int, bytes]] | bytes]
 
 
 class TurnServer:
@@ -287,13 +289,8 @@ class TurnServer:
                 attrs=[(stun.ATTR_UNKNOWN_ATTRIBUTES, stun.encode_unknown_attributes(unknown))],
             )
         if msg.method == stun.METHOD_BINDING:
-            attrs = [
-                (
-                    stun.ATTR_XOR_MAPPED_ADDRESS,
-                    stun.encode_xor_address(ctx.client[:2], msg.transaction_id),
-                )
-            ]
-            return self._response(msg, stun.CLASS_SUCCESS, attrs)
+            mapped = stun.encode_xor_address(ctx.client[:2], msg.transaction_id)
+            return self._response(msg, stun.CLASS_SUCCESS, [(stun.ATTR_XOR_MAPPED_ADDRESS, mapped)])
         handler = self._handlers.get(msg.method)
         if handler is None:
             return self._error(ctx, msg, 400, "Unknown method")
@@ -302,12 +299,12 @@ class TurnServer:
             return auth
         try:
             attrs = handler(ctx, msg, auth, now)
-        except _Resend as again:
-            return again.response
         except Reject as rej:
             return self._error(ctx, msg, rej.code, rej.reason, rej.attrs, key=auth.key)
         except StunError as exc:  # a malformed attribute in an otherwise good request
             return self._error(ctx, msg, 400, f"Bad Request: {exc}", key=auth.key)
+        if isinstance(attrs, bytes):
+            return attrs
         if self.software:
             attrs.append((stun.ATTR_SOFTWARE, self.software.encode()))
         return self._response(msg, stun.CLASS_SUCCESS, attrs, key=auth.key)
@@ -371,14 +368,12 @@ class TurnServer:
             raise Reject(441)
         return alloc
 
-    def _allocate(
-        self, ctx: Context, msg: Message, auth: Authenticated, now: float
-    ) -> list[tuple[int, bytes]]:
+    def _allocate(self, ctx: Context, msg: Message, auth: Authenticated, now: float) -> bytes:
         table = self.allocations.setdefault(ctx.listener, {})
         existing = table.get(ctx.client)
         if existing is not None:
             if existing.transaction_id == msg.transaction_id:
-                raise _Resend(existing.success_response)
+                return existing.success_response
             raise Reject(437)
         listener = self._listeners.get(ctx.listener)
         if listener is None:
@@ -475,7 +470,7 @@ class TurnServer:
             msg, stun.CLASS_SUCCESS, attrs + software, key=auth.key
         )
         self.events.append(ev.AllocationCreated(alloc))
-        return attrs
+        return alloc.success_response
 
     def _lifetime(self, msg: Message, *, initial: bool) -> int:
         raw = msg.get(stun.ATTR_LIFETIME)
@@ -616,14 +611,6 @@ class TurnServer:
             self.events.append(ev.RequestRejected(ctx.listener, ctx.client, method, code, reason))
         body = [(stun.ATTR_ERROR_CODE, stun.encode_error_code(code, reason)), *(attrs or [])]
         return self._response(msg, stun.CLASS_ERROR, body, key)
-
-
-class _Resend(Reject):
-    """A retransmitted Allocate: answer with the very response it got the first time."""
-
-    def __init__(self, response: bytes) -> None:
-        super().__init__(0)
-        self.response = response
 
 
 _indication_prefix = secrets.token_bytes(4)
