@@ -76,7 +76,7 @@ class Message:
         return [v for t, v in self.attributes if t == attr_type]
 
     def has(self, attr_type: int) -> bool:
-        return any(t == attr_type for t, _ in self.attributes)
+        return self.get(attr_type) is not None  # get's plain loop beats any() over a genexpr
 
     def check_integrity(self, key: bytes) -> bool:
         """Verify MESSAGE-INTEGRITY (HMAC-SHA1); False when absent or wrong."""

@@ -22,6 +22,7 @@ from stunner_dp.config import AuthConfig
 
 NONCE_LIFETIME = 600.0  # seconds; an older nonce earns 438 Stale Nonce
 _NONCE_MAC_BYTES = 12
+_GENUINE_NONCES_KEPT = 4096  # ~ one issued a second: an hour's worth, and a bound
 
 
 def long_term_key(username: str, realm: str, password: str) -> bytes:
@@ -88,28 +89,44 @@ class Credentials:
 
 
 class Nonces:
-    """Stateless nonces: base64url(issue time || HMAC(secret, issue time)), 22 characters."""
+    """Stateless nonces: base64url(issue time || HMAC(secret, issue time)), 22 characters.
+
+    Two small caches spare the HMACs of the common case without holding state a stranger can
+    grow: one nonce per second is issued (the same for every client that second), and only
+    nonces whose MAC checked out, hence only ones we issued, are remembered."""
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
+        self._issued: tuple[int, str] = (-1, "")
+        self._genuine: dict[str, int] = {}  # nonce -> issue second
 
     def _mac(self, stamp: bytes) -> bytes:
         return hmac.digest(self._secret, stamp, "sha256")[:_NONCE_MAC_BYTES]
 
     def issue(self, now: float) -> str:
-        stamp = struct.pack("!I", int(now) & 0xFFFFFFFF)
-        return base64.urlsafe_b64encode(stamp + self._mac(stamp)).decode().rstrip("=")
+        second = int(now) & 0xFFFFFFFF
+        if self._issued[0] != second:
+            stamp = struct.pack("!I", second)
+            nonce = base64.urlsafe_b64encode(stamp + self._mac(stamp)).decode().rstrip("=")
+            self._issued = (second, nonce)
+        return self._issued[1]
 
     def check(self, nonce: str, now: float) -> str:
         """ "ok", "stale" (genuine but older than NONCE_LIFETIME) or "invalid"."""
-        if len(nonce) != 22:
-            return "invalid"
-        try:
-            raw = base64.urlsafe_b64decode(nonce + "==")
-        except ValueError:
-            return "invalid"
-        stamp, mac = raw[:4], raw[4:]
-        if len(mac) != _NONCE_MAC_BYTES or not hmac.compare_digest(mac, self._mac(stamp)):
-            return "invalid"
-        age = (int(now) - struct.unpack("!I", stamp)[0]) & 0xFFFFFFFF
+        issued = self._genuine.get(nonce)
+        if issued is None:
+            if len(nonce) != 22:
+                return "invalid"
+            try:
+                raw = base64.urlsafe_b64decode(nonce + "==")
+            except ValueError:
+                return "invalid"
+            stamp, mac = raw[:4], raw[4:]
+            if len(mac) != _NONCE_MAC_BYTES or not hmac.compare_digest(mac, self._mac(stamp)):
+                return "invalid"
+            issued = struct.unpack("!I", stamp)[0]
+            if len(self._genuine) >= _GENUINE_NONCES_KEPT:
+                self._genuine.clear()
+            self._genuine[nonce] = issued
+        age = (int(now) - issued) & 0xFFFFFFFF
         return "ok" if age <= NONCE_LIFETIME else "stale"

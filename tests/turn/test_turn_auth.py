@@ -183,3 +183,18 @@ def test_bad_ephemeral_credentials_are_401(username: str, password: str) -> None
 def test_static_user_cannot_log_in_when_auth_is_ephemeral() -> None:
     h = Harness(make_config(auth=ephemeral_auth()))
     assert_challenge(h.client().allocate(), 401)
+
+
+def test_nonce_cache_holds_only_genuine_nonces_and_still_ages_them() -> None:
+    from stunner_dp.turn.auth import NONCE_LIFETIME, Nonces
+
+    nonces = Nonces(b"secret")
+    good = nonces.issue(T0)
+    assert nonces.issue(T0 + 0.5) == good  # one nonce per second
+    assert nonces.check(good, T0 + 1) == "ok"
+    assert nonces.check(good, T0 + NONCE_LIFETIME + 1) == "stale"  # cached, yet aged
+    forged = "A" * 22
+    for _ in range(3):
+        assert nonces.check(forged, T0) == "invalid"
+    assert forged not in nonces._genuine
+    assert Nonces(b"other").check(good, T0) == "invalid"
