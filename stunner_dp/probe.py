@@ -3,8 +3,9 @@
 It runs what a WebRTC client does against a TURN server, one step at a time, and says which
 step failed and what that usually means:
 
-    connect (TCP/TLS only) -> Binding -> Allocate (401 challenge) -> Allocate (authenticated)
-    -> CreatePermission -> ChannelBind -> ChannelData round trip through the relay
+    connect (TCP/TLS) or handshake (DTLS) -> Binding -> Allocate (401 challenge)
+    -> Allocate (authenticated) -> CreatePermission -> ChannelBind
+    -> ChannelData round trip through the relay
 
 The round trip goes to a UDP echo peer the probe starts itself (on loopback when the server is
 on this host, else on the address this host uses to reach the server), or to ``--peer``, which
@@ -29,7 +30,10 @@ from dataclasses import dataclass, field
 from typing import TextIO, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from OpenSSL import SSL
+
 from stunner_dp import stun
+from stunner_dp.dtls_client import DtlsClient, DtlsHandshakeError, client_context
 from stunner_dp.turn.auth import ephemeral_expiry, long_term_key
 
 Addr = tuple[str, int]
@@ -108,16 +112,20 @@ class _Stream(asyncio.Protocol):
 
 @dataclass
 class TurnClient:
-    """A TURN client over UDP, TCP or TLS: one request at a time is all a probe needs.
+    """A TURN client over UDP, TCP, TLS or DTLS: one request at a time is all a probe needs.
 
     `bytes_sent`/`bytes_received` count wire bytes of STUN messages and ChannelData (without
-    stream padding), as the server's listener counters do.
+    stream padding), as the server's listener counters do. The certificate of a TLS or DTLS
+    server is checked against `server_name` (default: the server's address); over DTLS,
+    `timeout` bounds the handshake too, and `connect` raises DtlsHandshakeError.
     """
 
     server: Addr
-    transport: str = "udp"  # "udp" | "tcp" | "tls"
+    transport: str = "udp"  # "udp" | "tcp" | "tls" | "dtls"
     timeout: float = 3.0
     ssl_context: ssl.SSLContext | None = None
+    dtls_context: SSL.Context | None = None  # default: verifying with the system's CAs
+    server_name: str = ""
     username: str = ""
     realm: str = ""
     nonce: str = ""
@@ -129,6 +137,7 @@ class TurnClient:
     channel_data: asyncio.Queue[tuple[int, bytes]] = field(default_factory=asyncio.Queue)
     _pending: dict[bytes, asyncio.Future[stun.Message]] = field(default_factory=dict)
     _transport: asyncio.BaseTransport | None = None
+    _dtls: DtlsClient | None = None
     _error: str = ""
 
     # -- connection ---------------------------------------------------------------------------
@@ -140,6 +149,21 @@ class TurnClient:
             self._transport, _ = await loop.create_datagram_endpoint(
                 lambda: _Udp(link), remote_addr=self.server
             )
+        elif self.transport == "dtls":
+            dtls = DtlsClient(
+                self.dtls_context or client_context(),
+                self.server,
+                server_name=self.server_name,
+                on_data=self._on_frame,
+                on_error=self._on_error,
+            )
+            await dtls.open()
+            try:
+                await dtls.handshake(self.timeout)
+            except BaseException:
+                dtls.close()
+                raise
+            self._dtls, self._transport = dtls, dtls.transport
         else:
             context = self.ssl_context if self.transport == "tls" else None
             if self.transport == "tls" and context is None:
@@ -150,12 +174,15 @@ class TurnClient:
                     self.server[0],
                     self.server[1],
                     ssl=context,
-                    server_hostname=self.server[0] if context else None,
+                    server_hostname=(self.server_name or self.server[0]) if context else None,
                 ),
                 self.timeout,
             )
 
     def close(self) -> None:
+        if self._dtls is not None:  # with a close_notify
+            self._dtls.close()
+            self._dtls = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -166,6 +193,11 @@ class TurnClient:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def dtls(self) -> DtlsClient | None:
+        """The DTLS association once connected over DTLS."""
+        return self._dtls
 
     @property
     def local_address(self) -> Addr:
@@ -204,7 +236,12 @@ class TurnClient:
         if self._transport is None:
             raise TurnError("closed", "not connected")
         self.packets_sent += 1
-        if self.transport == "udp":  # (UDP transports need not subclass DatagramTransport)
+        if self._dtls is not None:
+            try:
+                self._dtls.send(data)
+            except ConnectionError as exc:
+                raise TurnError("closed", str(exc)) from None
+        elif self.transport == "udp":  # (UDP transports need not subclass DatagramTransport)
             cast(asyncio.DatagramTransport, self._transport).sendto(data)
         else:
             stream = cast(asyncio.WriteTransport, self._transport)
@@ -224,7 +261,7 @@ class TurnClient:
         """Send a request (signed with the long-term key once `login` ran, unless auth=False)
         and return the response, success or error. `attrs` may be a function of the
         transaction id (for XOR-PEER-ADDRESS). UDP requests are retransmitted until
-        `timeout`. Raises TurnError for a timeout or a transport failure only."""
+        `timeout` (over DTLS too). Raises TurnError for a timeout or a transport failure only."""
         tid = os.urandom(12)
         body = list(attrs(tid) if callable(attrs) else attrs)
         key = None
@@ -251,7 +288,7 @@ class TurnClient:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TurnError("timeout", f"no answer within {self.timeout:g} s")
-                wait = min(rto, left) if self.transport == "udp" else left
+                wait = min(rto, left) if self.transport in ("udp", "dtls") else left
                 try:
                     return await asyncio.wait_for(asyncio.shield(fut), wait)
                 except TimeoutError:
@@ -380,13 +417,14 @@ async def echo_peer(host: str) -> AsyncIterator[Addr]:
 class Target:
     host: str
     port: int
-    transport: str  # udp | tcp | tls
+    transport: str  # udp | tcp | tls | dtls
     username: str
     password: str
 
 
 def parse_turn_uri(uri: str) -> Target:
-    """``turn://user:pass@host:3478?transport=udp`` (also ``turn:``, ``turns://``). The
+    """``turn://user:pass@host:3478?transport=udp`` (also ``turn:``, and ``turns://`` for TLS
+    with transport=tcp, DTLS with transport=udp). The
     username may hold ':' (ephemeral ``<expiry>:<user>``): the password is after the last one.
     A base64 password may be given as it is ('/', '+' and '=' need no escaping); percent-encode
     a ':', '@' or '?' in a password."""
@@ -408,9 +446,7 @@ def parse_turn_uri(uri: str) -> Target:
     if transport not in ("udp", "tcp"):
         raise ValueError(f"{uri!r}: transport must be udp or tcp")
     if scheme == "turns":
-        if transport == "udp":
-            raise ValueError(f"{uri!r}: DTLS (turns:...?transport=udp) is not supported")
-        transport = "tls"
+        transport = "dtls" if transport == "udp" else "tls"
     return Target(
         host_parts.hostname,
         port or (5349 if scheme == "turns" else 3478),
@@ -436,6 +472,7 @@ class Probe:
     peer: Addr | None = None
     out: TextIO = sys.stdout
     ssl_context: ssl.SSLContext | None = None
+    dtls_context: SSL.Context | None = None
     steps: list[tuple[str, bool, float, str]] = field(default_factory=list)
     realm: str = ""
     mapped: Addr | None = None
@@ -478,21 +515,32 @@ class Probe:
         t = self.target
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        kind = socket.SOCK_DGRAM if t.transport == "udp" else socket.SOCK_STREAM
+        kind = socket.SOCK_DGRAM if t.transport in ("udp", "dtls") else socket.SOCK_STREAM
         try:
             infos = await loop.getaddrinfo(t.host, t.port, type=kind)
         except OSError as exc:
             raise self.fail("resolve", started, str(exc), f"cannot resolve {t.host!r}") from None
         server: Addr = (str(infos[0][4][0]), int(infos[0][4][1]))
-        client = TurnClient(server, t.transport, self.timeout, self.ssl_context)
+        client = TurnClient(
+            server,
+            t.transport,
+            self.timeout,
+            self.ssl_context,
+            self.dtls_context,
+            server_name=t.host,
+        )
         started = time.perf_counter()
         try:
             await client.connect()
+        except DtlsHandshakeError as exc:
+            raise self.fail("handshake", started, str(exc), self._dtls_failed(exc)) from None
         except (TimeoutError, OSError) as exc:
             raise self.fail(
                 "connect", started, describe_os_error(exc), self._unreachable(exc)
             ) from None
-        if t.transport != "udp":
+        if t.transport == "dtls":
+            self.ok("handshake", started, self._dtls_done(client))
+        elif t.transport != "udp":
             self.ok("connect", started, f"{t.transport.upper()} connection to {fmt(server)}")
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(client.close)
@@ -643,6 +691,37 @@ class Probe:
             return f"TLS handshake failed ({exc}): wrong port, or use --insecure for a test cert"
         return f"cannot reach {self.where}: {exc}"
 
+    def _dtls_done(self, client: TurnClient) -> str:
+        dtls = client.dtls
+        assert dtls is not None
+        conn = dtls.ssl
+        checked = "certificate verified" if dtls.verifying else "certificate NOT verified"
+        return (
+            f"{conn.get_protocol_version_name()} with {fmt(client.server)}, "
+            f"{conn.get_cipher_name()}, {checked}"
+        )
+
+    def _dtls_failed(self, exc: DtlsHandshakeError) -> str:
+        if exc.timed_out:
+            why = (
+                "ICMP port unreachable came back: nothing listens on that UDP port"
+                if exc.refused
+                else "no answer: the server is down, the port is not a TURN-DTLS listener "
+                "(a TURN-UDP listener ignores DTLS), or a firewall drops the packets"
+            )
+            return (
+                f"DTLS handshake timed out: no handshake with {self.where} within "
+                f"{self.timeout:g} s ({why})"
+            )
+        if exc.verify_error:
+            hint = (
+                "the server's certificate is not trusted here: use --insecure to skip the "
+                "check (test or self-signed certificates)"
+            )
+        else:
+            hint = "the server refused the handshake: is it a TURN-DTLS listener?"
+        return f"DTLS handshake failed: {exc}: {hint}"
+
     def _transport_error(self, step: str, exc: TurnError) -> str:
         if exc.kind == "refused":
             return f"connection refused (ICMP port unreachable): nothing listens on {self.where}"
@@ -734,7 +813,11 @@ def probe_parser() -> argparse.ArgumentParser:
         description="Check a TURN server step by step: Binding, Allocate, CreatePermission, "
         "ChannelBind and a round trip through the relay. Exit code 0 only on success.",
     )
-    p.add_argument("uri", help="turn://USER:PASS@HOST:PORT?transport=udp|tcp (or turns://...)")
+    p.add_argument(
+        "uri",
+        help="turn://USER:PASS@HOST:PORT?transport=udp|tcp (turns://...: TLS with tcp, DTLS "
+        "with udp)",
+    )
     p.add_argument(
         "--peer",
         type=parse_peer,
@@ -744,7 +827,9 @@ def probe_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3.0, metavar="S", help="per step (3 s)")
     p.add_argument("--user", help="username (overrides the URI's)")
     p.add_argument("--password", help="password (overrides the URI's)")
-    p.add_argument("--insecure", action="store_true", help="TLS: do not verify the certificate")
+    p.add_argument(
+        "--insecure", action="store_true", help="TLS/DTLS: do not verify the certificate"
+    )
     return p
 
 
@@ -765,7 +850,8 @@ def probe_main(argv: list[str] | None = None) -> int:
         if args.insecure:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-    probe = Probe(target, args.timeout, args.peer, sys.stdout, context)
+    dtls_context = client_context(verify=not args.insecure) if target.transport == "dtls" else None
+    probe = Probe(target, args.timeout, args.peer, sys.stdout, context, dtls_context)
     return 0 if asyncio.run(probe.run()) else 1
 
 

@@ -1,5 +1,6 @@
 """TURN-DTLS: the listener of stunner_dp/net/dtls.py against coturn's turnutils_uclient (-S
-over UDP) and a pyOpenSSL client written here, with a real self-signed certificate.
+over UDP), the package's own DTLS client (stunner_dp/dtls_client.py, under tests/tls/dtls_client.py
+and `stunner-dp probe turns:...?transport=udp`), with a real self-signed certificate.
 
 What must hold: allocations and relaying work with zero loss; junk, cookie-less ClientHellos and
 handshakes left half way hold no state for long and disturb nobody; an allocation ends with its
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +21,7 @@ from pathlib import Path
 import pytest
 from dtls_client import DtlsTurnClient
 from OpenSSL import SSL
+from test_tls import run_probe
 from tls_helpers import (
     CertPair,
     Running,
@@ -30,6 +34,7 @@ from turnclient import error_code
 
 from stunner_dp import stun
 from stunner_dp.config import load_config_file
+from stunner_dp.dtls_client import DtlsClient, DtlsHandshakeError, client_context
 from stunner_dp.net.dtls import DtlsListener, is_client_hello, pack_datagrams
 from stunner_dp.net.runtime import Server
 from stunner_dp.probe import TurnClient
@@ -357,3 +362,112 @@ def insecure_context() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+# -- the probe and the package's client -----------------------------------------------------------
+
+
+def step_line(out: str, step: str) -> str:
+    """The line of one step: its name, then ok or FAIL."""
+    pattern = re.compile(rf"\s*{re.escape(step)}\s+(ok|FAIL)\s")
+    lines = [line for line in out.splitlines() if pattern.match(line)]
+    assert lines, out
+    return lines[0]
+
+
+async def test_probe_over_dtls(cert: CertPair) -> None:
+    async with secure_server(cert, DTLS) as srv:
+        lst = listener(srv)
+        uri = f"turns://{DEFAULT_USERNAME}:{DEFAULT_PASSWORD}@127.0.0.1:{srv.port}?transport=udp"
+        code, out = await run_probe(uri, "--insecure")
+        assert code == 0, out
+        steps = ("handshake", "binding", "allocate (401)", "allocate", "create permission")
+        for step in (*steps, "channel bind", "round trip"):
+            assert " ok " in step_line(out, step), out
+        assert "DTLSv1.2 with 127.0.0.1:" in step_line(out, "handshake"), out
+        assert "certificate NOT verified" in step_line(out, "handshake"), out
+        low, high = srv.low_high
+        relay_port = int(out.split("relay address 127.0.0.1:")[1].split(",")[0])
+        assert low <= relay_port <= high, out
+        assert out.strip().splitlines()[-1].startswith("OK"), out
+        assert srv.server.allocation_count == 0  # the probe deleted its allocation ...
+        assert await until(lambda: not lst.connections)  # ... and sent a close_notify
+        stats = srv.server.stats()["listeners"]["dtls-listener"]
+        assert stats["connections_total"] == 1
+        assert stats["rx_packets"] >= 6  # binding, two allocates, permission, bind, refresh
+
+        # without --insecure the self-signed certificate is refused, and the probe says why
+        code, out = await run_probe(uri)
+        assert code == 1, out
+        assert "FAIL" in step_line(out, "handshake"), out
+        last = out.strip().splitlines()[-1]
+        assert last.startswith("FAILED at handshake: DTLS handshake failed:"), out
+        assert "certificate verify failed" in last and "self-signed certificate" in last, out
+        assert "--insecure" in last, out
+        assert " binding " not in out, out
+        assert lst.connections_total == 1 and srv.server.allocation_count == 0
+
+
+async def test_probe_dtls_dead_port_times_out_at_handshake() -> None:
+    port = free_port(tcp=False)
+    code, out = await run_probe(
+        f"turns://u:p@127.0.0.1:{port}?transport=udp", "--insecure", "--timeout", "1"
+    )
+    assert code == 1, out
+    assert "FAIL" in step_line(out, "handshake"), out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("FAILED at handshake: DTLS handshake timed out:"), out
+    assert f"127.0.0.1:{port}/dtls within 1 s" in last, out
+
+
+async def test_client_retransmits_its_hello_until_the_deadline() -> None:
+    """A server that never answers gets the same ClientHello again on OpenSSL's timer (after
+    1 s, then 2 s more), and the handshake gives up at its deadline."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.setblocking(False)
+    client = DtlsClient(client_context(verify=False), ("127.0.0.1", silent.getsockname()[1]))
+    try:
+        await client.open()
+        with pytest.raises(DtlsHandshakeError) as info:
+            await client.handshake(timeout=2.5)
+        assert info.value.timed_out and not info.value.refused
+        hellos = []
+        for _ in range(10):
+            try:
+                hellos.append(silent.recv(65536))
+            except BlockingIOError:
+                break
+        assert len(hellos) >= 2, hellos  # at 0 s, at 1 s (and at 3 s on a slow machine)
+        assert all(is_client_hello(h) for h in hellos)
+        assert hellos[0][RANDOM] == hellos[1][RANDOM]  # the same hello, retransmitted
+    finally:
+        client.close()
+        silent.close()
+
+
+RANDOM = slice(13 + 12 + 2, 13 + 12 + 2 + 32)  # record and handshake headers, version
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [("127.0.0.1", ""), ("localhost", ""), ("turn.example.com", "not for turn.example.com")],
+)
+async def test_client_checks_the_host_name(cert: CertPair, name: str, error: str) -> None:
+    """A certificate the client trusts is still refused when its names do not cover the
+    server's."""
+    async with secure_server(cert, DTLS) as srv:
+        context = client_context(cafile=cert.cert_path)
+        client = DtlsClient(context, ("127.0.0.1", srv.port), server_name=name)
+        try:
+            await client.open()
+            if not error:
+                await client.handshake(timeout=5.0)
+                assert client.established and client.verifying
+                return
+            with pytest.raises(DtlsHandshakeError) as info:
+                await client.handshake(timeout=5.0)
+            assert error in info.value.verify_error and error in str(info.value)
+            assert not client.established
+        finally:
+            client.close()

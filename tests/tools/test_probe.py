@@ -151,6 +151,8 @@ def test_uri_parsing() -> None:
     t = parse_turn_uri("turn:u:p@127.0.0.1")
     assert (t.username, t.password, t.port, t.transport) == ("u", "p", 3478, "udp")
     assert parse_turn_uri("turns://u:p@h?transport=tcp").transport == "tls"
-    for bad in ("http://u:p@h", "turn://u:p@h?transport=sctp", "turns://u:p@h?transport=udp"):
+    t = parse_turn_uri("turns://u:p@h?transport=udp")
+    assert (t.transport, t.port) == ("dtls", 5349)
+    for bad in ("http://u:p@h", "turn://u:p@h?transport=sctp", "turns://u:p@h?transport=dccp"):
         with pytest.raises(ValueError):
             parse_turn_uri(bad)
