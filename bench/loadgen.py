@@ -653,7 +653,6 @@ def _run(
     idx = 0
     while clock() < start_ns:
         time.sleep(min(0.001, max(0.0, (start_ns - clock()) / 1e9)))
-    next_tick = start_ns
     while True:
         now = clock()
         if now >= end_ns:
@@ -679,7 +678,10 @@ def _run(
             idx += 1
             if idx == n:
                 idx = 0
-        next_tick += TICK_NS
+        # The next 1 ms boundary after now. (Adding TICK_NS per pass ran ahead whenever a pass
+        # ended early on an echo, so the poll then slept through sends that were due and the
+        # backlog left as one large burst, inflating round-trip times.)
+        next_tick = start_ns + ((now - start_ns) // TICK_NS + 1) * TICK_NS
         if ep is not None:
             _receive(ep, by_fd, rtt, unpack, clock, run_id, max(0, next_tick - clock()), tcp)
         else:
