@@ -10,7 +10,8 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
 # Helper modules used by several test folders: tests/net/turnclient.py (a raw TURN client),
-# tests/cli/stunnerd_proc.py (stunnerd as a subprocess).
-for helper_dir in (TESTS / "net", TESTS / "cli"):
+# tests/cli/stunnerd_proc.py (stunnerd as a subprocess), tests/interop/uclient.py (uclient's
+# summary).
+for helper_dir in (TESTS / "net", TESTS / "cli", TESTS / "interop"):
     if str(helper_dir) not in sys.path:
         sys.path.insert(0, str(helper_dir))

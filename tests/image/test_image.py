@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 import yaml
+from uclient import assert_no_loss, parse_summary
 
 from stunner_dp import stun
 from stunner_dp.testing import free_port, relay_window
@@ -396,11 +397,9 @@ def test_turnutils_uclient_zero_loss(running: Running, turnutils_peer: int, tran
         ["turnutils_uclient", *args], capture_output=True, text=True, timeout=120, check=False
     )
     out = proc.stdout + proc.stderr
-    sent = re.search(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$", out, re.M)
-    lost = re.search(r"Total lost packets (\d+)", out)
-    assert sent and lost, out[-3000:]
-    assert int(sent.group(1)) == 200, out[-3000:]
-    assert int(sent.group(2)) == 200 and int(lost.group(1)) == 0, out[-3000:]
+    summary = parse_summary(out, out[-3000:])
+    assert summary.sent == 200, summary.output
+    assert_no_loss(summary, 200)
 
 
 def metric_values(text: str, name: str) -> dict[str, float]:

@@ -18,11 +18,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from stunnerd_proc import Stunnerd, start_stunnerd, stop, udp_answers
+from uclient import Summary, assert_no_loss, parse_summary
 
 from stunner_dp.testing import free_port
 
@@ -87,15 +87,6 @@ def peer_port(tmp_dir: Path) -> Iterator[int]:
     pytest.fail("turnutils_peer did not start")
 
 
-@dataclass
-class Summary:
-    sent: int
-    received: int
-    lost: int
-    send_dropped: int
-    output: str
-
-
 def run_uclient(server: Stunnerd, peer: int, *flags: str, auth: list[str]) -> Summary:
     assert UCLIENT is not None
     cmd = [UCLIENT, "-e", "127.0.0.1", "-r", str(peer), "-p", str(server.port), *auth, *flags]
@@ -105,19 +96,7 @@ def run_uclient(server: Stunnerd, peer: int, *flags: str, auth: list[str]) -> Su
     output = (result.stdout + result.stderr).decode(errors="replace")
     context = f"{' '.join(cmd)} exited {result.returncode}:\n{output[-3000:]}"
     assert result.returncode == 0, context
-    totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$", output, re.MULTILINE)
-    lost = re.search(r"Total lost packets (\d+)", output)
-    dropped = re.search(r"total send dropped (\d+)", output, re.IGNORECASE)
-    assert totals and lost and dropped, f"no summary in uclient's output: {context}"
-    sent, received = map(int, totals[-1])
-    return Summary(sent, received, int(lost.group(1)), int(dropped.group(1)), context)
-
-
-def assert_no_loss(summary: Summary, at_least: int) -> None:
-    assert summary.lost == 0, summary.output
-    assert summary.send_dropped == 0, summary.output
-    assert summary.sent >= at_least, summary.output
-    assert summary.received == summary.sent, summary.output
+    return parse_summary(output, context)
 
 
 def assert_clean_log(server: Stunnerd) -> None:

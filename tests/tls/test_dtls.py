@@ -25,12 +25,12 @@ from test_tls import run_probe
 from tls_helpers import (
     CertPair,
     Running,
-    assert_no_loss,
     need_turnutils,
     run_uclient,
     secure_server,
 )
 from turnclient import error_code
+from uclient import assert_no_loss
 
 from stunner_dp import stun
 from stunner_dp.config import load_config_file

@@ -11,7 +11,8 @@ import ssl
 import sys
 
 import pytest
-from tls_helpers import CertPair, assert_no_loss, need_turnutils, run_uclient, secure_server
+from tls_helpers import CertPair, need_turnutils, run_uclient, secure_server
+from uclient import assert_no_loss
 
 from stunner_dp import stun
 from stunner_dp.probe import TurnClient, check

@@ -8,7 +8,6 @@ import base64
 import datetime
 import ipaddress
 import os
-import re
 import shutil
 import subprocess
 import time
@@ -23,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from uclient import Summary, parse_summary
 
 from stunner_dp.net.runtime import Server
 from stunner_dp.testing import DEFAULT_PASSWORD, DEFAULT_USERNAME, free_port, make_config
@@ -197,15 +197,6 @@ def turn_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     pytest.fail("turnutils_peer did not start")
 
 
-@dataclass
-class Summary:
-    sent: int
-    received: int
-    lost: int
-    send_dropped: int
-    output: str
-
-
 async def run_uclient(server_port: int, peer_port: int, *flags: str) -> Summary:
     """turnutils_uclient against 127.0.0.1:server_port relaying to turnutils_peer, run without
     blocking the event loop the server lives in; its summary."""
@@ -237,16 +228,4 @@ async def run_uclient(server_port: int, peer_port: int, *flags: str) -> Summary:
     output = out.decode(errors="replace")
     context = f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-3000:]}"
     assert proc.returncode == 0, context
-    totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$", output, re.MULTILINE)
-    lost = re.search(r"Total lost packets (\d+)", output)
-    dropped = re.search(r"total send dropped (\d+)", output, re.IGNORECASE)
-    assert totals and lost and dropped, f"no summary in uclient's output: {context}"
-    sent, received = map(int, totals[-1])
-    return Summary(sent, received, int(lost.group(1)), int(dropped.group(1)), context)
-
-
-def assert_no_loss(summary: Summary, at_least: int) -> None:
-    assert summary.lost == 0, summary.output
-    assert summary.send_dropped == 0, summary.output
-    assert summary.sent >= at_least, summary.output
-    assert summary.received == summary.sent, summary.output
+    return parse_summary(output, context)
