@@ -12,6 +12,7 @@ from turn_harness import (
     PEER2,
     T0,
     Harness,
+    allocated,
     assert_success,
     error_code,
     make_config,
@@ -23,14 +24,6 @@ from stunner_dp.config import AdminConfig
 from stunner_dp.turn import events as ev
 
 CHANNEL_BIND = stun.METHOD_CHANNEL_BIND
-
-
-def allocated(h: Harness | None = None, **kw):  # type: ignore[no-untyped-def]
-    h = h or Harness()
-    c = h.client(**kw)
-    assert_success(c.allocate(now=T0), stun.METHOD_ALLOCATE)
-    h.server.events.clear()
-    return h, c
 
 
 # -- ChannelBind ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from turn_harness import (
     T0,
     USER,
     Harness,
+    allocated,
     assert_success,
     error_code,
     make_config,
@@ -24,14 +25,6 @@ from stunner_dp.turn import events as ev
 
 CREATE_PERMISSION = stun.METHOD_CREATE_PERMISSION
 CHANNEL_BIND = stun.METHOD_CHANNEL_BIND
-
-
-def allocated(h: Harness | None = None, **kw):  # type: ignore[no-untyped-def]
-    h = h or Harness()
-    c = h.client(**kw)
-    assert_success(c.allocate(now=T0), stun.METHOD_ALLOCATE)
-    h.server.events.clear()
-    return h, c
 
 
 # -- permissions ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from turn_harness import (
     T0,
     USER,
     Harness,
+    allocated,
     assert_success,
     ephemeral_auth,
     error_code,
@@ -27,14 +28,6 @@ from stunner_dp.turn import events as ev
 
 REFRESH = stun.METHOD_REFRESH
 CREATE_PERMISSION = stun.METHOD_CREATE_PERMISSION
-
-
-def allocated(h: Harness | None = None, **kw):  # type: ignore[no-untyped-def]
-    h = h or Harness()
-    c = h.client(**kw)
-    assert_success(c.allocate(now=T0), stun.METHOD_ALLOCATE)
-    h.server.events.clear()
-    return h, c
 
 
 # -- Refresh ----------------------------------------------------------------------------------

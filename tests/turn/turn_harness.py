@@ -14,6 +14,7 @@ import hmac
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from stunner_dp import stun
 from stunner_dp.config import (
@@ -370,3 +371,13 @@ def lifetime_of(msg: Message) -> int:
 
 def attr_types(msg: Message) -> list[int]:
     return [t for t, _ in msg.attributes]
+
+
+def allocated(h: Harness | None = None, **kw: Any) -> tuple[Harness, Client]:
+    """A harness (a new one unless given) with one client that holds an allocation, and no
+    events yet."""
+    h = h or Harness()
+    c = h.client(**kw)
+    assert_success(c.allocate(now=T0), stun.METHOD_ALLOCATE)
+    h.server.events.clear()
+    return h, c
