@@ -20,6 +20,7 @@ from stunner_dp.turn.types import Addr, RelayHandle, Sink
 
 PERMISSION_LIFETIME = 300.0
 CHANNEL_LIFETIME = 600.0
+CHANNEL_HOLD = 300.0  # after a binding expires, neither side may pair otherwise (RFC 8656 12)
 
 
 @dataclass(slots=True, eq=False)
@@ -67,6 +68,7 @@ class Allocation:
     peer_channels: dict[Addr, Channel] = field(default_factory=dict)
     permissions: dict[str, Permission] = field(default_factory=dict)
     bindings: dict[int, Channel] = field(default_factory=dict)  # all bound channels, live or not
+    held: dict[int, tuple[Addr, float]] = field(default_factory=dict)  # expired: (peer, until)
     soonest: float = math.inf  # when the first permission or channel expires (kept by _sync)
     # expired entries' counts, by (cluster, framed), so churn does not grow a list
     retired: dict[tuple[str, bool], Traffic] = field(default_factory=dict)
@@ -109,8 +111,20 @@ class Allocation:
         for ip in [ip for ip, p in self.permissions.items() if p.expires <= now]:
             self._retire(self.permissions.pop(ip))
         for num in [n for n, c in self.bindings.items() if c.expires <= now]:
-            self._retire(self.bindings.pop(num))
+            gone = self.bindings.pop(num)
+            self.held[num] = (gone.peer, now + CHANNEL_HOLD)
+            self._retire(gone)
+        for num in [n for n, (_, until) in self.held.items() if until <= now]:
+            del self.held[num]
         self._sync_channels()
+
+    def hold_conflict(self, number: int, peer: Addr, now: float) -> bool:
+        """Would binding `number` to `peer` re-pair a channel number or a peer within five
+        minutes of its binding's expiry? (Late packets of the old pairing would go astray.)"""
+        for held_number, (held_peer, until) in self.held.items():
+            if until > now and (held_number == number) != (held_peer == peer):
+                return True
+        return False
 
     def revoke(self, keep: dict[str, PortSet]) -> list[str]:
         """After a config change: keep only permissions whose peer IP is still reachable (with
@@ -139,6 +153,7 @@ class Allocation:
         self.soonest = min(
             min((p.expires for p in self.permissions.values()), default=math.inf),
             min((c.expires for c in self.bindings.values()), default=math.inf),
+            min((until for _, until in self.held.values()), default=math.inf),
         )
 
     # -- accounting ----------------------------------------------------------------------------

@@ -550,6 +550,8 @@ class TurnServer:
         other = alloc.channel_of_peer(peer)
         if other is not None and other.number != number:
             raise Reject(400, "Peer bound to another channel")
+        if bound is None and alloc.hold_conflict(number, peer, now):
+            raise Reject(400, "Channel or peer held for 5 minutes after its binding expired")
         ports = self.access.ports_for(ctx.listener, peer[0])
         if ports is None or peer[1] not in ports:
             raise self._deny(ctx, peer)

@@ -83,9 +83,10 @@ def test_channel_expires_after_600_seconds() -> None:
     [(_, _, raw)] = h.server.handle_peer_data(alloc, PEER, b"x")
     msg = stun.parse_message(raw)
     assert (msg.method, msg.cls) == (stun.METHOD_DATA, stun.CLASS_INDICATION)
-    # and the number may be bound afresh (with a nonce younger than 10 minutes)
+    # the number is held five minutes for its old peer (a nonce younger than 10 minutes)
     c.fetch_nonce(T0 + 601)
-    assert_success(c.channel_bind(0x4000, PEER2, now=T0 + 601), CHANNEL_BIND)
+    assert error_code(c.channel_bind(0x4000, PEER2, now=T0 + 601)) == 400
+    assert_success(c.channel_bind(0x4000, PEER, now=T0 + 601), CHANNEL_BIND)
 
 
 def test_channel_rebind_keeps_it_alive_past_600_seconds() -> None:
@@ -255,3 +256,29 @@ def test_config_builder_sanity() -> None:
     h = Harness(cfg)
     assert h.server.access.ports_for("udp", LOCAL_PEER[0]) is not None
     assert h.server.access.ports_for("udp", "10.0.0.1") is None
+
+
+def test_an_expired_channel_is_held_five_minutes_before_re_pairing() -> None:
+    h, c = allocated()
+    assert_success(c.channel_bind(0x4001, PEER, now=T0 + 300), CHANNEL_BIND)
+    assert_success(c.refresh(3600, now=T0 + 300), stun.METHOD_REFRESH)
+    h.server.expire(T0 + 901)
+    assert 0x4001 not in h.allocation(c).bindings
+    c.fetch_nonce(T0 + 1000)
+    # neither the number nor the peer may pair otherwise during the hold...
+    assert error_code(c.channel_bind(0x4001, PEER2, now=T0 + 1000)) == 400
+    assert error_code(c.channel_bind(0x4002, PEER, now=T0 + 1000)) == 400
+    # ...but others are free, and the old pair may bind again
+    assert_success(c.channel_bind(0x4003, PEER2, now=T0 + 1000), CHANNEL_BIND)
+    assert_success(c.channel_bind(0x4001, PEER, now=T0 + 1001), CHANNEL_BIND)
+
+
+def test_the_hold_ends_after_five_minutes() -> None:
+    h, c = allocated()
+    assert_success(c.channel_bind(0x4001, PEER, now=T0 + 300), CHANNEL_BIND)
+    assert_success(c.refresh(3600, now=T0 + 300), stun.METHOD_REFRESH)
+    h.server.expire(T0 + 901)
+    h.server.expire(T0 + 1202)
+    assert h.allocation(c).held == {}
+    c.fetch_nonce(T0 + 1202)
+    assert_success(c.channel_bind(0x4001, PEER2, now=T0 + 1202), CHANNEL_BIND)
