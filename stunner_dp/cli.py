@@ -12,8 +12,8 @@ import yaml
 
 from stunner_dp import __version__
 from stunner_dp.config import ConfigError, StunnerConfig, load_config_file, parse_config
+from stunner_dp.daemon.origin import is_cds_origin
 from stunner_dp.observe.logs import configure_logging, get_logger
-from stunner_dp.origin import is_cds_origin
 
 log = get_logger("stunner")
 
@@ -120,7 +120,7 @@ def stunnerd_main(argv: list[str] | None = None) -> int:
             return 2
         yaml.safe_dump(config.to_dict(redact=False), sys.stdout, sort_keys=False)
         return 0
-    from stunner_dp.daemon import run_daemon
+    from stunner_dp.daemon.stunnerd import run_daemon
 
     return run_daemon(args, config)
 
@@ -128,11 +128,11 @@ def stunnerd_main(argv: list[str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "probe":
-        from stunner_dp.probe import probe_main
+        from stunner_dp.client.probe import probe_main
 
         return probe_main(argv[1:])
     if argv and argv[0] == "ice":
-        from stunner_dp.ice import ice_main
+        from stunner_dp.client.ice import ice_main
 
         return ice_main(argv[1:])
     if argv and argv[0] == "run":

@@ -12,7 +12,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "stunner_dp"
 FORBIDDEN = {"asyncio", "socket", "selectors", "time", "uvloop", "aiohttp"}
-SHELL = ("stunner_dp.net", "stunner_dp.observe", "stunner_dp.daemon", "stunner_dp.supervisor")
+SHELL = ("stunner_dp.net", "stunner_dp.observe", "stunner_dp.daemon", "stunner_dp.client")
 
 
 def imported_modules(path: Path) -> set[str]:

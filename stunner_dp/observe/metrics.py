@@ -358,11 +358,11 @@ async def start_metrics(
 
 
 def attach_metrics(daemon: Any) -> MetricsServer:
-    """Serve a `stunner_dp.daemon.Daemon`'s dataplane figures at ``admin.metrics_endpoint`` on
-    its shared `HttpEndpoints`, following every applied config (the endpoint may move or be
-    turned off) and closing with the daemon. A dataplane with `refresh()` (the supervisor) is
-    asked for fresh figures before each scrape; one with `worker_pids()` adds its workers'
-    process metrics."""
+    """Serve a `stunner_dp.daemon.stunnerd.Daemon`'s dataplane figures at
+    ``admin.metrics_endpoint`` on its shared `HttpEndpoints`, following every applied config
+    (the endpoint may move or be turned off) and closing with the daemon. A dataplane with
+    `refresh()` (the supervisor) is asked for fresh figures before each scrape; one with
+    `worker_pids()` adds its workers' process metrics."""
     dataplane = daemon.dataplane
     server = MetricsServer(
         daemon.http,

@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import random
 import shutil
-import sys
 from pathlib import Path
 
+import compare  # bench/ is on pytest's pythonpath
+import loadgen
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path.insert(0, str(BENCH))
-
-import compare  # noqa: E402
-import loadgen  # noqa: E402
 
 SERVERS = [compare.STUNNER] + ([compare.COTURN] if shutil.which("turnserver") else [])
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from stunnerd_proc import start_stunnerd, stop, stunnerd_command, wait_ready
-from turnclient import RawTurnClient, error_code, udp_transport
+from helpers.stunnerd_proc import start_stunnerd, stop, stunnerd_command, wait_ready
+from helpers.turnclient import RawTurnClient, error_code, udp_transport
 
 from stunner_dp import stun
 from stunner_dp.testing import free_port

@@ -23,10 +23,18 @@ from pathlib import Path
 
 import atheris
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hostile"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the helpers package
 
 with atheris.instrument_imports():
-    from hostile_kit import NOW, OWNER, STRANGER, ctx, loaded_server, snapshot, validly_signed
+    from helpers.hostile_kit import (
+        NOW,
+        OWNER,
+        STRANGER,
+        ctx,
+        loaded_server,
+        snapshot,
+        validly_signed,
+    )
 
     from stunner_dp import stun
 

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "hostile"))
+sys.path.insert(0, str(HERE.parent))  # tests/: the helpers package
 
-from hostile_kit import NOW, corpus, new_server  # noqa: E402
+from helpers.hostile_kit import NOW, corpus, new_server  # noqa: E402
 
 
 def main() -> int:

@@ -3,7 +3,7 @@ ChannelBind for every special address form, against a wildcard cluster, explicit
 endpoints wider than a special range; and, per packet, that nothing flows to or from a peer
 the rules do not allow, also after a live config change takes the route away.
 
-tests/test_access.py tests PeerAccess itself; this checks the server applies it."""
+tests/turn/test_access.py tests PeerAccess itself; this checks the server applies it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from hostile_kit import PeerSocket, UdpTurn, code, open_peer, relayed
+from helpers.hostile_kit import PeerSocket, UdpTurn, code, open_peer, relayed
 
 from stunner_dp import stun
 from stunner_dp.config import parse_config

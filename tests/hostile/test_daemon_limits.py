@@ -10,8 +10,8 @@ import resource
 import socket
 from pathlib import Path
 
-from daemon_kit import run_stunnerd
-from hostile_kit import UdpTurn, code
+from helpers.daemon_kit import run_stunnerd
+from helpers.hostile_kit import UdpTurn, code
 
 from stunner_dp import stun
 from stunner_dp.testing import free_port, make_config, relay_window

@@ -13,7 +13,7 @@ Whatever arrives, from the client that owns an allocation or from a stranger, ov
 from __future__ import annotations
 
 import pytest
-from hostile_kit import (
+from helpers.hostile_kit import (
     CHANNEL,
     KEY,
     NOW,

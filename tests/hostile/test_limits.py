@@ -8,7 +8,7 @@ import asyncio
 import time
 from typing import Any
 
-from hostile_kit import UDP, UdpTurn, build, code, open_peer, relayed
+from helpers.hostile_kit import UDP, UdpTurn, build, code, open_peer, relayed
 
 from stunner_dp import stun
 from stunner_dp.testing import ephemeral_credentials, relay_window, start_turn_server

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_kit import Daemon, run_stunnerd
-from hostile_kit import UdpTurn, code, open_peer
+from helpers.daemon_kit import Daemon, run_stunnerd
+from helpers.hostile_kit import UdpTurn, code, open_peer
 
 from stunner_dp import stun
 from stunner_dp.testing import (

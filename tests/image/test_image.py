@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 import yaml
-from uclient import assert_no_loss, parse_summary
+from helpers.uclient import assert_no_loss, parse_summary
 
 from stunner_dp import stun
 from stunner_dp.testing import free_port, relay_window
@@ -418,8 +418,7 @@ async def release(client: Any) -> None:
 
 
 def turn_client(port: int) -> Any:
-    sys.path.insert(0, str(REPO / "tests" / "net"))
-    from turnclient import RawTurnClient  # tests/net/turnclient.py
+    from helpers.turnclient import RawTurnClient
 
     return RawTurnClient(("127.0.0.1", port))
 

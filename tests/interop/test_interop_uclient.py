@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from stunnerd_proc import Stunnerd, start_stunnerd, stop, udp_answers
-from uclient import Summary, assert_no_loss, parse_summary
+from helpers.stunnerd_proc import Stunnerd, start_stunnerd, stop, udp_answers
+from helpers.uclient import Summary, assert_no_loss, parse_summary
 
 from stunner_dp.testing import free_port
 

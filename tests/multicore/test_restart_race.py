@@ -8,7 +8,7 @@ import os
 import signal
 
 from stunner_dp.config import parse_config
-from stunner_dp.supervisor import Supervisor
+from stunner_dp.daemon.supervisor import Supervisor
 from stunner_dp.testing import free_port, make_config
 
 

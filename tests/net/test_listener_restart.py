@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import socket
 
-from turnclient import RawTurnClient, error_code
+from helpers.turnclient import RawTurnClient, error_code
 
 from stunner_dp import stun
 from stunner_dp.config import parse_config

@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from turnclient import RawTurnClient, error_code, peer_attr, udp_transport
+from helpers.turnclient import RawTurnClient, error_code, peer_attr, udp_transport
 
 from stunner_dp import stun
 from stunner_dp.testing import ephemeral_credentials, start_turn_server, udp_echo_peer

@@ -7,7 +7,7 @@ import asyncio
 import socket
 
 import pytest
-from turnclient import RawTurnClient
+from helpers.turnclient import RawTurnClient
 
 from stunner_dp import stun
 from stunner_dp.net import gso

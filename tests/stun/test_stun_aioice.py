@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from aioice import stun as aio
-from stun_samples import LT_KEY, NONCE, REALM, TID, USERNAME, allocate_request, allocate_success
+from helpers.stun_samples import (
+    LT_KEY,
+    NONCE,
+    REALM,
+    TID,
+    USERNAME,
+    allocate_request,
+    allocate_success,
+)
 
 from stunner_dp import stun
 

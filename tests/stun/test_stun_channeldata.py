@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from helpers.stun_samples import ALL_SAMPLES
 from hypothesis import given
 from hypothesis import strategies as st
-from stun_samples import ALL_SAMPLES
 
 from stunner_dp import stun
 

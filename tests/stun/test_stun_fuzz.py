@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from helpers.stun_samples import ALL_SAMPLES, LT_KEY, decode_every_attribute
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stun_samples import ALL_SAMPLES, LT_KEY, decode_every_attribute
 
 from stunner_dp import stun
 

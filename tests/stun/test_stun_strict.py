@@ -6,7 +6,13 @@ import hashlib
 import struct
 
 import pytest
-from stun_samples import ALL_SAMPLES, LT_KEY, TID, allocate_request, create_permission_request
+from helpers.stun_samples import (
+    ALL_SAMPLES,
+    LT_KEY,
+    TID,
+    allocate_request,
+    create_permission_request,
+)
 
 from stunner_dp import stun
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from turn_harness import (
+from helpers.turn_harness import (
     CLIENT,
     PASSWORD,
     REALM,

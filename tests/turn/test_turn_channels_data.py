@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from turn_harness import (
+from helpers.turn_harness import (
     CLIENT,
     LOCAL_PEER,
     PEER,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from turn_harness import (
+from helpers.turn_harness import (
     CLIENT,
     LOCAL_PEER,
     PEER,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from turn_harness import (
+from helpers.turn_harness import (
     CLIENT,
     LOCAL_PEER,
     PEER,

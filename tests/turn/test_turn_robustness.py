@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from turn_harness import (
+from helpers.turn_harness import (
     CLIENT,
     PEER,
     T0,

@@ -8,11 +8,7 @@ from pathlib import Path
 
 import pytest
 from aioice import stun as aiostun
-
-from stunner_dp import stun
-from stunner_dp.testing import udp_echo_peer
-
-from .helpers import (
+from helpers.ops import (
     Stunnerd,
     allocate_fails,
     base_config,
@@ -25,6 +21,9 @@ from .helpers import (
     window,
     write_config,
 )
+
+from stunner_dp import stun
+from stunner_dp.testing import udp_echo_peer
 
 
 def _start(tmp_path: Path, *flags: str) -> tuple[Stunnerd, int, str]:

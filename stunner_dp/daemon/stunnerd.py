@@ -4,7 +4,7 @@ Pieces, each replaceable:
 
 - `Dataplane`: what runs the TURN server. `LocalDataplane` is one in-process `Server` plus the
   STRICT_DNS resolver; a supervisor of worker processes can implement the same protocol.
-- an origin (`stunner_dp.origin`): a file, watched with `-w`, or the CDS client.
+- an origin (`stunner_dp.daemon.origin`): a file, watched with `-w`, or the CDS client.
 - `Daemon`: takes each config from the origin (`apply`), keeps the state the health endpoint
   reports (NOT-READY until the first good config, READY, TERMINATING once draining), serves
   /live, /ready and /status on `admin.healthcheck_endpoint`, drains on SIGTERM.
@@ -34,13 +34,13 @@ import uvloop
 
 from stunner_dp.config import ConfigError, StunnerConfig, diff_configs
 from stunner_dp.config.model import DEFAULT_HEALTHCHECK_ENDPOINT
+from stunner_dp.daemon.origin import DEFAULT_CDS_ORIGIN, Origin, make_origin
 from stunner_dp.net.dns import DEFAULT_INTERVAL, Resolved, StrictDnsResolver, interval_from_env
 from stunner_dp.net.runtime import Server
 from stunner_dp.observe.health import NOT_READY, READY, TERMINATING, HealthServer, status_document
 from stunner_dp.observe.http import HttpEndpoints
 from stunner_dp.observe.logs import configure_logging, get_logger
 from stunner_dp.observe.metrics import attach_metrics
-from stunner_dp.origin import DEFAULT_CDS_ORIGIN, Origin, make_origin
 from stunner_dp.turn.access import PeerAccess, strict_dns_hosts
 from stunner_dp.turn.types import Addr
 
@@ -492,7 +492,7 @@ def options_from_args(args: argparse.Namespace, config: StunnerConfig | None) ->
             raise ConfigError(
                 "--id", "", "the config id NAMESPACE/NAME (or STUNNER_NAMESPACE and STUNNER_NAME)"
             )
-        from stunner_dp.origin.cds import cds_urls
+        from stunner_dp.daemon.origin.cds import cds_urls
 
         cds_urls(origin, config_id)  # a malformed origin or id fails here, at start
     alternate = parse_alternate_server(args.alternate_server) if args.alternate_server else None
@@ -527,7 +527,7 @@ def run_daemon(args: argparse.Namespace, config: StunnerConfig | None) -> int:
     async def main() -> int:
         dataplane: Dataplane | None = None
         if args.udp_thread_num > 1:
-            from stunner_dp.supervisor import Supervisor
+            from stunner_dp.daemon.supervisor import Supervisor
 
             dataplane = Supervisor(
                 args.udp_thread_num,

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from OpenSSL import SSL
 
 from stunner_dp import stun
-from stunner_dp.dtls_client import DtlsClient, DtlsHandshakeError, client_context
+from stunner_dp.client.dtls import DtlsClient, DtlsHandshakeError, client_context
 from stunner_dp.turn.auth import ephemeral_expiry, long_term_key
 
 Addr = tuple[str, int]

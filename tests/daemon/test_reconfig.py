@@ -9,10 +9,7 @@ from pathlib import Path
 
 import pytest
 from aioice import stun as aiostun
-
-from stunner_dp.testing import udp_echo_peer
-
-from .helpers import (
+from helpers.ops import (
     Stunnerd,
     allocate_fails,
     base_config,
@@ -25,6 +22,8 @@ from .helpers import (
     window,
     write_config,
 )
+
+from stunner_dp.testing import udp_echo_peer
 
 STREAM = 400  # packets relayed across the reconfiguration, 10 ms apart
 

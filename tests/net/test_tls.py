@@ -8,37 +8,16 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-import sys
 
 import pytest
-from tls_helpers import CertPair, need_turnutils, run_uclient, secure_server
-from uclient import assert_no_loss
+from helpers.tls_helpers import CertPair, need_turnutils, run_probe, run_uclient, secure_server
+from helpers.uclient import assert_no_loss
 
 from stunner_dp import stun
-from stunner_dp.probe import TurnClient, check
+from stunner_dp.client.probe import TurnClient, check
 from stunner_dp.testing import DEFAULT_PASSWORD, DEFAULT_USERNAME, udp_echo_peer
 
 TIMEOUT = 30.0
-
-
-async def run_probe(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "stunner_dp.cli",
-        "probe",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
 
 
 def trusting(cert: CertPair) -> ssl.SSLContext:

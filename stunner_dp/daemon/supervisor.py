@@ -4,7 +4,7 @@
 endpoints, config origins (file watch, CDS, SIGHUP) and drain work unchanged; the metrics
 endpoint reads `Supervisor.stats()`. The supervisor itself relays nothing:
 
-- it starts N `python -m stunner_dp.worker` processes, each running a `Server` whose listener
+- it starts N `python -m stunner_dp.daemon.worker` processes, each running a `Server` whose listener
   sockets (UDP and TCP) are bound with SO_REUSEPORT on the same ports, all with one nonce
   secret (a nonce from any worker is good at any other);
 - it sends every config to every worker as the config dict (the difference is applied in each
@@ -17,7 +17,7 @@ endpoint reads `Supervisor.stats()`. The supervisor itself relays nothing:
   get 300 Try Alternate when an alternate server is set, existing allocations go on;
 - `stop()` closes the pipes: workers stop at once (also if the supervisor is killed).
 
-The frame protocol between the two is described in stunner_dp.worker.
+The frame protocol between the two is described in stunner_dp.daemon.pipe.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stunner_dp.config import StunnerConfig
+from stunner_dp.daemon.pipe import read_frame, write_frame
 from stunner_dp.net.dns import DEFAULT_INTERVAL, Resolved, StrictDnsResolver
 from stunner_dp.observe.logs import get_logger
 from stunner_dp.turn.access import strict_dns_hosts
 from stunner_dp.turn.types import Addr
-from stunner_dp.worker import read_frame, write_frame
 
 __all__ = ["Supervisor", "sum_stats"]
 
@@ -263,7 +263,7 @@ class Supervisor:
             process = await asyncio.create_subprocess_exec(
                 self._python,
                 "-m",
-                "stunner_dp.worker",
+                "stunner_dp.daemon.worker",
                 "--fd",
                 str(child.fileno()),
                 pass_fds=(child.fileno(),),

@@ -1,19 +1,7 @@
-"""A worker process of the multi-core daemon: `python -m stunner_dp.worker --fd N`.
+"""A worker process of the multi-core daemon: `python -m stunner_dp.daemon.worker --fd N`.
 
-The supervisor (stunner_dp.supervisor) starts it with one end of a socket pair on fd N and
-talks to it in frames (4-byte big-endian length, then a JSON object):
-
-supervisor -> worker
-    ``init``      config (dict), nonce_secret (hex), resolved (STRICT_DNS names), draining,
-                  alternate_server, bind_host, software, log_levels, log_format; first frame
-    ``config``    id, config, resolved: apply it (the difference only), answer ``applied``
-    ``dns``       resolved: new STRICT_DNS answers
-    ``draining``  value: stop or resume taking new allocations (300 with an alternate server)
-    ``stats``     id: answer ``stats`` now
-worker -> supervisor
-    ``ready``     listeners (name -> port), failed (name -> reason), stats; or ``failed``, error
-    ``stats``     stats (`Server.stats()`), id when asked; also every STATS_INTERVAL seconds
-    ``applied``   id, error ("" when applied), listeners, failed
+The supervisor (stunner_dp.daemon.supervisor) starts it with one end of a socket pair on fd N
+and talks to it in frames (stunner_dp.daemon.pipe).
 
 Every listener socket is bound with SO_REUSEPORT, so all workers share the listener ports and
 the kernel spreads clients over them by 5-tuple; all share one nonce secret, so a nonce from
@@ -27,46 +15,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import socket
-import struct
 import sys
 from typing import Any
 
 import uvloop
 
 from stunner_dp.config import parse_config
+from stunner_dp.daemon.pipe import read_frame, write_frame
 from stunner_dp.net.runtime import Server
 from stunner_dp.observe.logs import configure_logging, get_logger
 from stunner_dp.turn.access import PeerAccess
 
 STATS_INTERVAL = 1.0
-MAX_FRAME = 64 << 20
-_LEN = struct.Struct("!I")
 
 log = get_logger("stunner")
-
-
-async def read_frame(reader: asyncio.StreamReader) -> dict[str, Any] | None:
-    """The next frame, None at end of stream."""
-    try:
-        head = await reader.readexactly(_LEN.size)
-        (size,) = _LEN.unpack(head)
-        if size > MAX_FRAME:
-            raise ValueError(f"frame of {size} bytes")
-        body = await reader.readexactly(size)
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return None
-    frame = json.loads(body)
-    if not isinstance(frame, dict):
-        raise ValueError("a frame is a JSON object")
-    return frame
-
-
-def write_frame(writer: asyncio.StreamWriter, frame: dict[str, Any]) -> None:
-    body = json.dumps(frame, separators=(",", ":")).encode()
-    writer.write(_LEN.pack(len(body)) + body)
 
 
 def _listener_state(server: Server) -> dict[str, Any]:
@@ -191,7 +155,7 @@ async def worker_main(fd: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stunner_dp.worker")
+    p = argparse.ArgumentParser(prog="python -m stunner_dp.daemon.worker")
     p.add_argument("--fd", type=int, required=True, help="the socket to the supervisor")
     args = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

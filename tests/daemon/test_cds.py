@@ -12,14 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from stunner_dp.config import ConfigError, StunnerConfig
-from stunner_dp.daemon import Daemon, DaemonOptions
-from stunner_dp.origin.cds import CdsOrigin, cds_urls
-from stunner_dp.testing import udp_echo_peer
-
-from .cds_server import CdsServer
-from .helpers import (
+from helpers.cds_server import CdsServer
+from helpers.ops import (
     Stunnerd,
     allocate_fails,
     base_config,
@@ -31,6 +25,11 @@ from .helpers import (
     wait_http,
     window,
 )
+
+from stunner_dp.config import ConfigError, StunnerConfig
+from stunner_dp.daemon.origin.cds import CdsOrigin, cds_urls
+from stunner_dp.daemon.stunnerd import Daemon, DaemonOptions
+from stunner_dp.testing import udp_echo_peer
 
 CONFIG_ID = "stunner/udp-gateway"
 

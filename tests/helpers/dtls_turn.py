@@ -1,5 +1,5 @@
-"""A TURN client over DTLS for tests: the package's DTLS client (stunner_dp/dtls_client.py)
-under tests/net/turnclient.py's RawTurnClient (requests, challenge, allocate, ChannelData),
+"""A TURN client over DTLS for tests: the package's DTLS client (stunner_dp/client/dtls.py)
+under tests/helpers/turnclient.py's RawTurnClient (requests, challenge, allocate, ChannelData),
 whose datagrams it encrypts."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from OpenSSL import SSL
-from turnclient import RawTurnClient
 
-from stunner_dp.dtls_client import HANDSHAKE_TIMEOUT, DtlsClient, client_context
+from helpers.turnclient import RawTurnClient
+from stunner_dp.client.dtls import HANDSHAKE_TIMEOUT, DtlsClient, client_context
 
 
 class DtlsTurnClient(RawTurnClient):

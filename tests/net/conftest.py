@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from tls_helpers import cert, turn_peer
+from helpers.tls_helpers import cert, turn_peer
 
 __all__ = ["cert", "turn_peer"]

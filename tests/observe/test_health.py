@@ -8,12 +8,11 @@ import socket
 from typing import Any
 
 from aiohttp import web
+from helpers.ops import base_config, http_get, listener, ports, window
 
 from stunner_dp.config import parse_config
-from stunner_dp.daemon import Daemon, DaemonOptions
+from stunner_dp.daemon.stunnerd import Daemon, DaemonOptions
 from stunner_dp.net.runtime import Server
-
-from .helpers import base_config, http_get, listener, ports, window
 
 
 def _config(health: int | str, *listeners_: dict[str, Any], **auth: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import ipaddress
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -22,8 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from uclient import Summary, parse_summary
 
+from helpers.uclient import Summary, parse_summary
 from stunner_dp.net.runtime import Server
 from stunner_dp.testing import DEFAULT_PASSWORD, DEFAULT_USERNAME, free_port, make_config
 
@@ -229,3 +230,23 @@ async def run_uclient(server_port: int, peer_port: int, *flags: str) -> Summary:
     context = f"{' '.join(cmd)} exited {proc.returncode}:\n{output[-3000:]}"
     assert proc.returncode == 0, context
     return parse_summary(output, context)
+
+
+async def run_probe(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "stunner_dp.cli",
+        "probe",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), PROCESS_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()

@@ -1,6 +1,7 @@
 """TURN-DTLS: the listener of stunner_dp/net/dtls.py against coturn's turnutils_uclient (-S
-over UDP), the package's own DTLS client (stunner_dp/dtls_client.py, under tests/tls/dtls_client.py
-and `stunner-dp probe turns:...?transport=udp`), with a real self-signed certificate.
+over UDP), the package's own DTLS client (stunner_dp/client/dtls.py, under
+tests/helpers/dtls_turn.py and `stunner-dp probe turns:...?transport=udp`), with a real
+self-signed certificate.
 
 What must hold: allocations and relaying work with zero loss; junk, cookie-less ClientHellos and
 handshakes left half way hold no state for long and disturb nobody; an allocation ends with its
@@ -19,25 +20,25 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from dtls_client import DtlsTurnClient
-from OpenSSL import SSL
-from test_tls import run_probe
-from tls_helpers import (
+from helpers.dtls_turn import DtlsTurnClient
+from helpers.tls_helpers import (
     CertPair,
     Running,
     need_turnutils,
+    run_probe,
     run_uclient,
     secure_server,
 )
-from turnclient import error_code
-from uclient import assert_no_loss
+from helpers.turnclient import error_code
+from helpers.uclient import assert_no_loss
+from OpenSSL import SSL
 
 from stunner_dp import stun
+from stunner_dp.client.dtls import DtlsClient, DtlsHandshakeError, client_context
+from stunner_dp.client.probe import TurnClient
 from stunner_dp.config import load_config_file
-from stunner_dp.dtls_client import DtlsClient, DtlsHandshakeError, client_context
 from stunner_dp.net.dtls import DtlsListener, is_client_hello, pack_datagrams
 from stunner_dp.net.runtime import Server
-from stunner_dp.probe import TurnClient
 from stunner_dp.testing import DEFAULT_PASSWORD, DEFAULT_USERNAME, free_port, udp_echo_peer
 from stunner_dp.testing import make_config as base_config
 

@@ -10,11 +10,7 @@ from pathlib import Path
 
 import pytest
 from aioice import stun as aiostun
-
-from stunner_dp.net.dns import Resolved, StrictDnsResolver, interval_from_env
-from stunner_dp.testing import udp_echo_peer
-
-from .helpers import (
+from helpers.ops import (
     Stunnerd,
     base_config,
     error_code,
@@ -26,6 +22,9 @@ from .helpers import (
     window,
     write_config,
 )
+
+from stunner_dp.net.dns import Resolved, StrictDnsResolver, interval_from_env
+from stunner_dp.testing import udp_echo_peer
 
 HOSTS = Path("/etc/hosts")
 LOCK = Path("/tmp/stunner-dp-test-etc-hosts.lock")

@@ -4,7 +4,7 @@ machine's counters (rate_limited, auth_failures, auth_locked) for the metrics.""
 from __future__ import annotations
 
 import pytest
-from hostile_kit import KEY, NOW, OWNER, STRANGER, UDP, build, ctx, new_server, sm_config
+from helpers.hostile_kit import KEY, NOW, OWNER, STRANGER, UDP, build, ctx, new_server, sm_config
 
 from stunner_dp import stun
 from stunner_dp.config import AdminConfig, ConfigError, parse_config

@@ -8,7 +8,7 @@ import copy
 import socket
 import ssl
 
-from tls_helpers import CertPair, secure_server
+from helpers.tls_helpers import CertPair, secure_server
 
 from stunner_dp import stun
 from stunner_dp.config import parse_config
