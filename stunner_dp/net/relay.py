@@ -17,9 +17,8 @@ from collections.abc import Callable
 
 from stunner_dp.config import ListenerConfig
 from stunner_dp.observe.logs import get_logger
-from stunner_dp.stun import FAMILY_IPV6
+from stunner_dp.stun import FAMILY_IPV6, data_indication
 from stunner_dp.turn.allocation import Allocation
-from stunner_dp.turn.server import data_indication
 from stunner_dp.turn.types import Addr
 
 from . import gso

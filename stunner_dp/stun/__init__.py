@@ -99,6 +99,7 @@ from .constants import (
     method_name,
 )
 from .errors import StunError
+from .indications import data_indication
 from .message import (
     Message,
     encode_message,
@@ -174,6 +175,7 @@ __all__ = [
     "Address",
     "Message",
     "StunError",
+    "data_indication",
     "decode_address",
     "decode_address_error_code",
     "decode_channel_number",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import itertools
 import secrets
 from collections import Counter
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 
 from stunner_dp import stun
 from stunner_dp.config import ListenerConfig, StunnerConfig
-from stunner_dp.stun import Message, StunError
+from stunner_dp.stun import Message, StunError, data_indication
 from stunner_dp.turn import events as ev
 from stunner_dp.turn.access import PeerAccess
 from stunner_dp.turn.allocation import Allocation, Traffic
@@ -613,18 +612,3 @@ class TurnServer:
             self.events.append(ev.RequestRejected(ctx.listener, ctx.client, method, code, reason))
         body = [(stun.ATTR_ERROR_CODE, stun.encode_error_code(code, reason)), *(attrs or [])]
         return self._response(msg, stun.CLASS_ERROR, body, key)
-
-
-_indication_prefix = secrets.token_bytes(4)
-_indication_count = itertools.count()
-
-
-def data_indication(peer: Addr, data: bytes) -> bytes:
-    # Indications get no answer, so their transaction ids need only differ: a counter behind a
-    # random prefix spares a getrandom() call per relayed packet.
-    tid = _indication_prefix + (next(_indication_count) & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big")
-    attrs = [
-        (stun.ATTR_XOR_PEER_ADDRESS, stun.encode_xor_address(peer[:2], tid)),
-        (stun.ATTR_DATA, data),
-    ]
-    return stun.encode_message(stun.METHOD_DATA, stun.CLASS_INDICATION, tid, attrs)
