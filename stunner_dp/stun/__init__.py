@@ -96,6 +96,7 @@ from .constants import (
     REASONS,
     TRANSPORT_TCP,
     TRANSPORT_UDP,
+    ErrorCode,
     method_name,
 )
 from .errors import StunError
@@ -173,6 +174,7 @@ __all__ = [
     "TRANSPORT_TCP",
     "TRANSPORT_UDP",
     "Address",
+    "ErrorCode",
     "Message",
     "StunError",
     "data_indication",

@@ -1,5 +1,9 @@
 """Wire constants of STUN (RFC 8489) and TURN (RFC 8656)."""
 
+from __future__ import annotations
+
+from enum import IntEnum
+
 # Message classes, already placed at their bit positions (C1 = bit 8, C0 = bit 4)
 # so that ``type = spread(method) | cls``.
 CLASS_REQUEST = 0x000
@@ -129,20 +133,33 @@ def method_name(method: int) -> str:
     return name if name is not None else f"Method(0x{method:03X})"
 
 
-# Default reason phrases (RFC 8489 section 14.8, RFC 8656 section 18.10).
-REASONS: dict[int, str] = {
-    300: "Try Alternate",
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    420: "Unknown Attribute",
-    437: "Allocation Mismatch",
-    438: "Stale Nonce",
-    440: "Address Family not Supported",
-    441: "Wrong Credentials",
-    442: "Unsupported Transport Protocol",
-    443: "Peer Address Family Mismatch",
-    486: "Allocation Quota Reached",
-    500: "Server Error",
-    508: "Insufficient Capacity",
-}
+class ErrorCode(IntEnum):
+    """STUN/TURN error codes (RFC 8489 section 14.8, RFC 8656 section 18.10), each with its
+    default reason phrase: ``ErrorCode.STALE_NONCE.reason == "Stale Nonce"``."""
+
+    reason: str
+
+    def __new__(cls, code: int, reason: str) -> ErrorCode:
+        member = int.__new__(cls, code)
+        member._value_ = code
+        member.reason = reason
+        return member
+
+    TRY_ALTERNATE = 300, "Try Alternate"
+    BAD_REQUEST = 400, "Bad Request"
+    UNAUTHORIZED = 401, "Unauthorized"
+    FORBIDDEN = 403, "Forbidden"
+    UNKNOWN_ATTRIBUTE = 420, "Unknown Attribute"
+    ALLOCATION_MISMATCH = 437, "Allocation Mismatch"
+    STALE_NONCE = 438, "Stale Nonce"
+    ADDRESS_FAMILY_NOT_SUPPORTED = 440, "Address Family not Supported"
+    WRONG_CREDENTIALS = 441, "Wrong Credentials"
+    UNSUPPORTED_TRANSPORT_PROTOCOL = 442, "Unsupported Transport Protocol"
+    PEER_ADDRESS_FAMILY_MISMATCH = 443, "Peer Address Family Mismatch"
+    ALLOCATION_QUOTA_REACHED = 486, "Allocation Quota Reached"
+    SERVER_ERROR = 500, "Server Error"
+    INSUFFICIENT_CAPACITY = 508, "Insufficient Capacity"
+
+
+# The same phrases by plain code: encode_error_code's default reason.
+REASONS: dict[int, str] = {int(code): code.reason for code in ErrorCode}
