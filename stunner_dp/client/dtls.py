@@ -23,7 +23,7 @@ from typing import cast
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
-from stunner_dp.net.dtls import DTLS1_2_VERSION, MTU, RECORD_HEADER, pack_datagrams
+from stunner_dp.dtls_records import DTLS1_2_VERSION, MTU, RECORD_HEADER, pack_datagrams
 
 Addr = tuple[str, int]
 HANDSHAKE_TIMEOUT = 10.0

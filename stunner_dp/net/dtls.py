@@ -48,22 +48,20 @@ from pathlib import Path
 from OpenSSL import SSL
 
 from stunner_dp.config import ListenerConfig
+from stunner_dp.dtls_records import DTLS1_2_VERSION, MTU, RECORD_HEADER, pack_datagrams
 from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Addr, Context, Output
 
 from .counters import ListenerCounters
 from .relay import READ_BATCH, RECV_SIZE
 
-DTLS1_2_VERSION = 0xFEFD  # not exported by pyOpenSSL
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a handshake, from the verified ClientHello to Finished
 IDLE_TIMEOUT = 60.0  # an association without an allocation, silent this long, is closed
 MAX_HANDSHAKES = 1024  # handshakes in progress on one listener
 MAX_HANDSHAKES_PER_IP = 32  # ... from one source IP
-MTU = 1200  # datagram payload size for handshake flights (what WebRTC stacks assume)
 COOKIE_PERIOD = 60  # seconds; a cookie is valid in its period and the next one
 SWEEP = 1.0  # seconds between idle and deadline checks
 
-RECORD_HEADER = 13  # type, version (2), epoch (2), sequence number (6), length (2)
 CONTENT_HANDSHAKE = 22
 HANDSHAKE_CLIENT_HELLO = 1
 # Largest expansion of one record: header, explicit IV, MAC and CBC padding (AEAD is smaller).
@@ -110,32 +108,6 @@ def hello_random(data: bytes) -> bytes:
     """The client random of a ClientHello record (after the handshake header and version)."""
     start = RECORD_HEADER + 12 + 2
     return data[start : start + 32]
-
-
-def split_records(data: bytes) -> list[bytes]:
-    """The DTLS records in OpenSSL's output (a memory BIO joins what it writes)."""
-    records = []
-    off = 0
-    while off + RECORD_HEADER <= len(data):
-        end = off + RECORD_HEADER + ((data[off + 11] << 8) | data[off + 12])
-        records.append(data[off:end])
-        off = end
-    return records
-
-
-def pack_datagrams(data: bytes, mtu: int = MTU) -> list[bytes]:
-    """Records packed into datagrams of at most `mtu` bytes (a record longer than that goes
-    alone); a record is never split across datagrams."""
-    out: list[bytes] = []
-    current = b""
-    for record in split_records(data):
-        if current and len(current) + len(record) > mtu:
-            out.append(current)
-            current = b""
-        current += record
-    if current:
-        out.append(current)
-    return out
 
 
 class DtlsListener:

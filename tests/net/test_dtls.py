@@ -37,7 +37,8 @@ from stunner_dp import stun
 from stunner_dp.client.dtls import DtlsClient, DtlsHandshakeError, client_context
 from stunner_dp.client.probe import TurnClient
 from stunner_dp.config import load_config_file
-from stunner_dp.net.dtls import DtlsListener, is_client_hello, pack_datagrams
+from stunner_dp.dtls_records import pack_datagrams
+from stunner_dp.net.dtls import DtlsListener, is_client_hello
 from stunner_dp.net.runtime import Server
 from stunner_dp.testing import DEFAULT_PASSWORD, DEFAULT_USERNAME, free_port, udp_echo_peer
 from stunner_dp.testing import make_config as base_config
