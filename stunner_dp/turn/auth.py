@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
+from enum import Enum
 
 from stunner_dp.config import AuthConfig
 
@@ -88,6 +89,14 @@ class Credentials:
         return KeyLookup(long_term_key(username, self.realm, password))
 
 
+class NonceState(Enum):
+    """What `Nonces.check` found."""
+
+    OK = "ok"
+    STALE = "stale"  # genuine, but older than NONCE_LIFETIME
+    INVALID = "invalid"  # not one of ours
+
+
 class Nonces:
     """Stateless nonces: base64url(issue time || HMAC(secret, issue time)), 22 characters.
 
@@ -111,22 +120,21 @@ class Nonces:
             self._issued = (second, nonce)
         return self._issued[1]
 
-    def check(self, nonce: str, now: float) -> str:
-        """ "ok", "stale" (genuine but older than NONCE_LIFETIME) or "invalid"."""
+    def check(self, nonce: str, now: float) -> NonceState:
         issued = self._genuine.get(nonce)
         if issued is None:
             if len(nonce) != 22:
-                return "invalid"
+                return NonceState.INVALID
             try:
                 raw = base64.urlsafe_b64decode(nonce + "==")
             except ValueError:
-                return "invalid"
+                return NonceState.INVALID
             stamp, mac = raw[:4], raw[4:]
             if len(mac) != _NONCE_MAC_BYTES or not hmac.compare_digest(mac, self._mac(stamp)):
-                return "invalid"
+                return NonceState.INVALID
             issued = struct.unpack("!I", stamp)[0]
             if len(self._genuine) >= _GENUINE_NONCES_KEPT:
                 self._genuine.clear()
             self._genuine[nonce] = issued
         age = (int(now) - issued) & 0xFFFFFFFF
-        return "ok" if age <= NONCE_LIFETIME else "stale"
+        return NonceState.OK if age <= NONCE_LIFETIME else NonceState.STALE

@@ -20,7 +20,7 @@ from stunner_dp.stun import Message, StunError, data_indication
 from stunner_dp.turn import events as ev
 from stunner_dp.turn.access import PeerAccess
 from stunner_dp.turn.allocation import Allocation, Traffic
-from stunner_dp.turn.auth import Credentials, Nonces, quota_user
+from stunner_dp.turn.auth import Credentials, Nonces, NonceState, quota_user
 from stunner_dp.turn.ratelimit import AuthFailureLimiter, UnauthLimiter
 from stunner_dp.turn.types import Addr, Context, Output, RelayFactory, RelayHandle
 
@@ -325,8 +325,7 @@ class TurnServer:
             nonce = stun.decode_text(raw_nonce)
         except StunError:
             return self._error(ctx, msg, 400, "Malformed USERNAME, REALM or NONCE")
-        state = self.nonces.check(nonce, now)
-        if state != "ok":
+        if self.nonces.check(nonce, now) is not NonceState.OK:
             return self._challenge(ctx, msg, 438, now)
         quser = quota_user(username, self.credentials.type)
         if self.auth_limiter.locked(quser, ctx.client[0], now):

@@ -186,15 +186,15 @@ def test_static_user_cannot_log_in_when_auth_is_ephemeral() -> None:
 
 
 def test_nonce_cache_holds_only_genuine_nonces_and_still_ages_them() -> None:
-    from stunner_dp.turn.auth import NONCE_LIFETIME, Nonces
+    from stunner_dp.turn.auth import NONCE_LIFETIME, Nonces, NonceState
 
     nonces = Nonces(b"secret")
     good = nonces.issue(T0)
     assert nonces.issue(T0 + 0.5) == good  # one nonce per second
-    assert nonces.check(good, T0 + 1) == "ok"
-    assert nonces.check(good, T0 + NONCE_LIFETIME + 1) == "stale"  # cached, yet aged
+    assert nonces.check(good, T0 + 1) is NonceState.OK
+    assert nonces.check(good, T0 + NONCE_LIFETIME + 1) is NonceState.STALE  # cached, yet aged
     forged = "A" * 22
     for _ in range(3):
-        assert nonces.check(forged, T0) == "invalid"
+        assert nonces.check(forged, T0) is NonceState.INVALID
     assert forged not in nonces._genuine
-    assert Nonces(b"other").check(good, T0) == "invalid"
+    assert Nonces(b"other").check(good, T0) is NonceState.INVALID
