@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from stunner_dp.client.ice import ice_config
-from stunner_dp.client.probe import TurnClient, error_code
+from stunner_dp.client.turn import TurnClient, error_code
 from stunner_dp.config import parse_config
 from stunner_dp.testing import start_turn_server
 

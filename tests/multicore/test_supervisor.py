@@ -21,7 +21,7 @@ import aiohttp
 from aioice.turn import create_turn_endpoint
 from prometheus_client.parser import text_string_to_metric_families
 
-from stunner_dp.client.probe import TurnClient, error_code
+from stunner_dp.client.turn import TurnClient, error_code
 from stunner_dp.testing import free_port, make_config, relay_window, udp_echo_peer
 
 CLIENTS = 20

@@ -35,7 +35,7 @@ from OpenSSL import SSL
 
 from stunner_dp import stun
 from stunner_dp.client.dtls import DtlsClient, DtlsHandshakeError, client_context
-from stunner_dp.client.probe import TurnClient
+from stunner_dp.client.turn import TurnClient
 from stunner_dp.config import load_config_file
 from stunner_dp.dtls_records import pack_datagrams
 from stunner_dp.net.dtls import DtlsListener, is_client_hello

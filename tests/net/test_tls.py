@@ -14,7 +14,7 @@ from helpers.tls_helpers import CertPair, need_turnutils, run_probe, run_uclient
 from helpers.uclient import assert_no_loss
 
 from stunner_dp import stun
-from stunner_dp.client.probe import TurnClient, check
+from stunner_dp.client.turn import TurnClient, check
 from stunner_dp.testing import DEFAULT_PASSWORD, DEFAULT_USERNAME, udp_echo_peer
 
 TIMEOUT = 30.0

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stunner_dp import stun
-from stunner_dp.client.probe import TurnClient, error_code
+from stunner_dp.client.turn import TurnClient, error_code
 from stunner_dp.observe.http import HttpEndpoints
 from stunner_dp.observe.metrics import MetricsServer, StatsCollector
 from stunner_dp.testing import start_turn_server, udp_echo_peer
