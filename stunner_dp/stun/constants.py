@@ -24,6 +24,8 @@ METHOD_CONNECTION_ATTEMPT = 0x00C
 
 MAGIC_COOKIE = 0x2112A442
 HEADER_SIZE = 20
+# Attribute types from here up may be ignored when unknown; below, they earn a 420.
+COMPREHENSION_OPTIONAL = 0x8000
 
 # Comprehension-required range (< 0x8000).
 ATTR_MAPPED_ADDRESS = 0x0001

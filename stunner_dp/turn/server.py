@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from stunner_dp import stun
 from stunner_dp.config import ListenerConfig, StunnerConfig
-from stunner_dp.stun import Message, StunError, data_indication
+from stunner_dp.stun import ErrorCode, Message, StunError, data_indication
 from stunner_dp.turn import events as ev
 from stunner_dp.turn.access import PeerAccess
 from stunner_dp.turn.allocation import Allocation, Traffic
@@ -37,11 +37,11 @@ class Reject(Exception):
     """Ends a request handler with an error response."""
 
     def __init__(
-        self, code: int, reason: str = "", attrs: list[tuple[int, bytes]] | None = None
+        self, code: ErrorCode, reason: str = "", attrs: list[tuple[int, bytes]] | None = None
     ) -> None:
         super().__init__(code, reason)
         self.code = code
-        self.reason = reason or stun.REASONS.get(code, "Error")
+        self.reason = reason or code.reason
         self.attrs = attrs or []
 
 
@@ -49,6 +49,20 @@ class Reject(Exception):
 class Authenticated:
     username: str
     key: bytes
+
+
+@dataclass(slots=True, frozen=True)
+class AllocateRequest:
+    """An Allocate that passed its checks: what opening its relay and answering it take."""
+
+    listener: ListenerConfig
+    family: int  # of the relay address: the listener's
+    token: bytes | None  # RESERVATION-TOKEN: take the port reserved under it
+    even: bool  # EVEN-PORT: an even port
+    reserve: bool  # EVEN-PORT's R bit: and reserve the next one
+    quota_user: str
+    lifetime: int
+    extra: tuple[tuple[int, bytes], ...]  # attributes for the answer (ADDRESS-ERROR-CODE)
 
 
 @functools.lru_cache(maxsize=256)
@@ -109,7 +123,6 @@ class TurnServer:
         self.rate_limited = 0
         self.auth_failures = 0
         self.auth_locked = 0
-        self._authenticated = False  # did the request being handled pass authentication?
         self.unauth_limiter = UnauthLimiter(config.admin.unauth_rate_per_ip)
         self.auth_limiter = AuthFailureLimiter(config.admin.auth_failures_per_user)
         self._handlers: dict[int, Handler] = {
@@ -172,10 +185,8 @@ class TurnServer:
             if not signed and not self.unauth_limiter.allow(ctx.client[0], now):
                 self.rate_limited += 1
                 return []
-            self._authenticated = False
-            response = self._request(ctx, msg, now)
-            failed = signed and not self._authenticated
-            if failed and not self.unauth_limiter.allow(ctx.client[0], now):
+            response, authenticated = self._request(ctx, msg, now)
+            if signed and not authenticated and not self.unauth_limiter.allow(ctx.client[0], now):
                 self.rate_limited += 1
                 return []
             return [(ctx.link, ctx.client, response)]
@@ -278,30 +289,38 @@ class TurnServer:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def _request(self, ctx: Context, msg: Message, now: float) -> bytes:
-        unknown = [t for t, _ in msg.attributes if t < 0x8000 and t not in stun.KNOWN_ATTRIBUTES]
+    def _request(self, ctx: Context, msg: Message, now: float) -> tuple[bytes, bool]:
+        """The response, and whether the request passed authentication."""
+        unknown = [
+            t
+            for t, _ in msg.attributes
+            if t < stun.COMPREHENSION_OPTIONAL and t not in stun.KNOWN_ATTRIBUTES
+        ]
         if unknown:
-            return self._error(
-                ctx,
-                msg,
-                420,
-                attrs=[(stun.ATTR_UNKNOWN_ATTRIBUTES, stun.encode_unknown_attributes(unknown))],
-            )
+            attrs = [(stun.ATTR_UNKNOWN_ATTRIBUTES, stun.encode_unknown_attributes(unknown))]
+            return self._error(ctx, msg, ErrorCode.UNKNOWN_ATTRIBUTE, attrs=attrs), False
         if msg.method == stun.METHOD_BINDING:
             mapped = stun.encode_xor_address(ctx.client[:2], msg.transaction_id)
-            return self._response(msg, stun.CLASS_SUCCESS, [(stun.ATTR_XOR_MAPPED_ADDRESS, mapped)])
+            binding = [(stun.ATTR_XOR_MAPPED_ADDRESS, mapped)]
+            return self._response(msg, stun.CLASS_SUCCESS, binding), False
         handler = self._handlers.get(msg.method)
         if handler is None:
-            return self._error(ctx, msg, 400, "Unknown method")
+            return self._error(ctx, msg, ErrorCode.BAD_REQUEST, "Unknown method"), False
         auth = self._authenticate(ctx, msg, now)
         if isinstance(auth, bytes):
-            return auth
+            return auth, False
+        return self._handle(ctx, msg, handler, auth, now), True
+
+    def _handle(
+        self, ctx: Context, msg: Message, handler: Handler, auth: Authenticated, now: float
+    ) -> bytes:
+        """Run an authenticated request's handler; a `Reject` becomes a signed error."""
         try:
             attrs = handler(ctx, msg, auth, now)
         except Reject as rej:
             return self._error(ctx, msg, rej.code, rej.reason, rej.attrs, key=auth.key)
         except StunError as exc:  # a malformed attribute in an otherwise good request
-            return self._error(ctx, msg, 400, f"Bad Request: {exc}", key=auth.key)
+            return self._error(ctx, msg, ErrorCode.BAD_REQUEST, f"Bad Request: {exc}", key=auth.key)
         if isinstance(attrs, bytes):
             return attrs
         if self.software:
@@ -311,26 +330,28 @@ class TurnServer:
     def _authenticate(self, ctx: Context, msg: Message, now: float) -> Authenticated | bytes:
         realm = self.credentials.realm
         if not msg.has(stun.ATTR_MESSAGE_INTEGRITY):
-            return self._challenge(ctx, msg, 401, now)
+            return self._challenge(ctx, msg, ErrorCode.UNAUTHORIZED, now)
         raw_user, raw_realm, raw_nonce = (
             msg.get(stun.ATTR_USERNAME),
             msg.get(stun.ATTR_REALM),
             msg.get(stun.ATTR_NONCE),
         )
         if raw_user is None or raw_realm is None or raw_nonce is None:
-            return self._error(ctx, msg, 400, "Missing USERNAME, REALM or NONCE")
+            return self._error(ctx, msg, ErrorCode.BAD_REQUEST, "Missing USERNAME, REALM or NONCE")
         try:
-            username = stun.decode_text(raw_user, 513)
+            username = stun.decode_text(raw_user, stun.MAX_USERNAME_BYTES)
             client_realm = stun.decode_text(raw_realm)
             nonce = stun.decode_text(raw_nonce)
         except StunError:
-            return self._error(ctx, msg, 400, "Malformed USERNAME, REALM or NONCE")
+            return self._error(
+                ctx, msg, ErrorCode.BAD_REQUEST, "Malformed USERNAME, REALM or NONCE"
+            )
         if self.nonces.check(nonce, now) is not NonceState.OK:
-            return self._challenge(ctx, msg, 438, now)
+            return self._challenge(ctx, msg, ErrorCode.STALE_NONCE, now)
         quser = quota_user(username, self.credentials.type)
         if self.auth_limiter.locked(quser, ctx.client[0], now):
             self.auth_locked += 1  # too many failures for this user: 401, key not checked
-            return self._challenge(ctx, msg, 401, now)
+            return self._challenge(ctx, msg, ErrorCode.UNAUTHORIZED, now)
         found = self.credentials.lookup(username, now)
         reason = found.reason
         key = found.key if found.key is not None and msg.check_integrity(found.key) else None
@@ -341,16 +362,15 @@ class TurnServer:
             if alloc is not None and alloc.username == username and msg.check_integrity(alloc.key):
                 key = alloc.key
         if key is not None:
-            self._authenticated = True
             return Authenticated(username, key)
         self.auth_failures += 1
         self.auth_limiter.failed(quser, ctx.client[0], now)
         if not reason:
             reason = "realm mismatch" if client_realm != realm else "wrong password"
         self.events.append(ev.AuthFailed(ctx.listener, ctx.client, username, reason))
-        return self._challenge(ctx, msg, 401, now)
+        return self._challenge(ctx, msg, ErrorCode.UNAUTHORIZED, now)
 
-    def _challenge(self, ctx: Context, msg: Message, code: int, now: float) -> bytes:
+    def _challenge(self, ctx: Context, msg: Message, code: ErrorCode, now: float) -> bytes:
         # Kept small on purpose: answers to unauthenticated requests must not amplify.
         attrs = [
             (stun.ATTR_REALM, self.credentials.realm.encode()),
@@ -361,29 +381,34 @@ class TurnServer:
     def _allocation(self, ctx: Context, auth: Authenticated) -> Allocation:
         alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
         if alloc is None:
-            raise Reject(437)
+            raise Reject(ErrorCode.ALLOCATION_MISMATCH)
         if alloc.username != auth.username:
-            raise Reject(441)
+            raise Reject(ErrorCode.WRONG_CREDENTIALS)
         return alloc
 
     def _allocate(self, ctx: Context, msg: Message, auth: Authenticated, now: float) -> bytes:
-        table = self.allocations.setdefault(ctx.listener, {})
-        existing = table.get(ctx.client)
+        existing = self.allocations.setdefault(ctx.listener, {}).get(ctx.client)
         if existing is not None:
             if existing.transaction_id == msg.transaction_id:
-                return existing.success_response
-            raise Reject(437)
+                return existing.success_response  # a retransmission: the same answer
+            raise Reject(ErrorCode.ALLOCATION_MISMATCH)
+        request = self._check_allocate(ctx, msg, auth)
+        relay, new_token = self._open_relay(ctx, request, now)
+        return self._allocated(ctx, msg, auth, request, relay, new_token, now)
+
+    def _check_allocate(self, ctx: Context, msg: Message, auth: Authenticated) -> AllocateRequest:
+        """Hold an Allocate against the protocol, the listener and the limits."""
         listener = self._listeners.get(ctx.listener)
         if listener is None:
-            raise Reject(500, "Listener is gone")
+            raise Reject(ErrorCode.SERVER_ERROR, "Listener is gone")
         raw_transport = msg.get(stun.ATTR_REQUESTED_TRANSPORT)
         if raw_transport is None:
-            raise Reject(400, "Missing REQUESTED-TRANSPORT")
+            raise Reject(ErrorCode.BAD_REQUEST, "Missing REQUESTED-TRANSPORT")
         if stun.decode_requested_transport(raw_transport) != stun.TRANSPORT_UDP:
-            raise Reject(442)
+            raise Reject(ErrorCode.UNSUPPORTED_TRANSPORT_PROTOCOL)
         if self.draining and self.alternate_server is not None:
             raise Reject(
-                300,
+                ErrorCode.TRY_ALTERNATE,
                 attrs=[(stun.ATTR_ALTERNATE_SERVER, stun.encode_address(self.alternate_server))],
             )
         raw_even = msg.get(stun.ATTR_EVEN_PORT)
@@ -391,68 +416,100 @@ class TurnServer:
         raw_family = msg.get(stun.ATTR_REQUESTED_ADDRESS_FAMILY)
         raw_additional = msg.get(stun.ATTR_ADDITIONAL_ADDRESS_FAMILY)
         if token is not None and (raw_even is not None or raw_family is not None):
-            raise Reject(400, "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY")
+            raise Reject(
+                ErrorCode.BAD_REQUEST,
+                "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY",
+            )
         if raw_family is not None and raw_additional is not None:
-            raise Reject(400, "REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together")
+            raise Reject(ErrorCode.BAD_REQUEST, "REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together")
         family = listener_family(listener)
         if raw_family is not None and stun.decode_family(raw_family) != family:
-            raise Reject(440)
+            raise Reject(ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED)
         extra: list[tuple[int, bytes]] = []
         if raw_additional is not None:
             if stun.decode_family(raw_additional) != stun.FAMILY_IPV6:
-                raise Reject(400, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")
+                raise Reject(ErrorCode.BAD_REQUEST, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")
             if family != stun.FAMILY_IPV6:  # one relay family per listener: say so, go on
-                extra.append(
-                    (
-                        stun.ATTR_ADDRESS_ERROR_CODE,
-                        stun.encode_address_error_code(stun.FAMILY_IPV6, 440),
-                    )
+                refused = stun.encode_address_error_code(
+                    stun.FAMILY_IPV6, ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED
                 )
+                extra.append((stun.ATTR_ADDRESS_ERROR_CODE, refused))
         quser = quota_user(auth.username, self.credentials.type)
         quota = self.config.admin.user_quota
         if quota and self.user_allocations[quser] >= quota:
-            raise Reject(486)
+            raise Reject(ErrorCode.ALLOCATION_QUOTA_REACHED)
         cap = self.config.admin.max_allocations
         if cap and self.allocation_count >= cap:
-            raise Reject(508, "Server allocation limit reached")
+            raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "Server allocation limit reached")
         lifetime = self._lifetime(msg, initial=True)
-        new_token: bytes | None = None
-        if token is not None:
-            reserved = self.reservations.pop((ctx.listener, token), None)
+        return AllocateRequest(
+            listener=listener,
+            family=family,
+            token=token,
+            even=raw_even is not None,
+            reserve=raw_even is not None and stun.decode_even_port(raw_even),
+            quota_user=quser,
+            lifetime=lifetime,
+            extra=tuple(extra),
+        )
+
+    def _open_relay(
+        self, ctx: Context, request: AllocateRequest, now: float
+    ) -> tuple[RelayHandle, bytes | None]:
+        """The relay port: the one reserved under the request's token, or a new one (and with
+        EVEN-PORT's R bit the next one reserved, under the new token returned)."""
+        if request.token is not None:
+            reserved = self.reservations.pop((ctx.listener, request.token), None)
             if reserved is None:
-                raise Reject(508, "Unknown or expired RESERVATION-TOKEN")
-            relay = reserved[0]
-        else:
-            reserve = raw_even is not None and stun.decode_even_port(raw_even)
-            opened = self.relays.open(listener, family, even=raw_even is not None, pair=reserve)
-            if opened is None:
-                raise Reject(508, "No relay port free")
-            relay, spare = opened
-            if spare is not None:
-                new_token = secrets.token_bytes(8)
-                self.reservations[(ctx.listener, new_token)] = (spare, now + RESERVATION_LIFETIME)
+                raise Reject(
+                    ErrorCode.INSUFFICIENT_CAPACITY, "Unknown or expired RESERVATION-TOKEN"
+                )
+            return reserved[0], None
+        opened = self.relays.open(
+            request.listener, request.family, even=request.even, pair=request.reserve
+        )
+        if opened is None:
+            raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "No relay port free")
+        relay, spare = opened
+        if spare is None:
+            return relay, None
+        new_token = secrets.token_bytes(8)
+        self.reservations[(ctx.listener, new_token)] = (spare, now + RESERVATION_LIFETIME)
+        return relay, new_token
+
+    def _allocated(
+        self,
+        ctx: Context,
+        msg: Message,
+        auth: Authenticated,
+        request: AllocateRequest,
+        relay: RelayHandle,
+        new_token: bytes | None,
+        now: float,
+    ) -> bytes:
+        """Make the allocation on its relay and answer, keeping the answer for retransmits."""
         alloc = Allocation(
             listener=ctx.listener,
             transport=ctx.transport,
             client=ctx.client,
             link=ctx.link,
             username=auth.username,
-            quota_user=quser,
+            quota_user=request.quota_user,
             relay=relay,
-            expires=now + lifetime,
+            expires=now + request.lifetime,
             transaction_id=msg.transaction_id,
             key=auth.key,
             created=now,
         )
         relay.attach(alloc)
-        table[ctx.client] = alloc
-        self.user_allocations[quser] += 1
+        self.allocations[ctx.listener][ctx.client] = alloc
+        self.user_allocations[request.quota_user] += 1
         attrs = [
             (
                 stun.ATTR_XOR_RELAYED_ADDRESS,
                 stun.encode_xor_address(relay.address[:2], msg.transaction_id),
             ),
-            (stun.ATTR_LIFETIME, stun.encode_u32(lifetime)),
+            (stun.ATTR_LIFETIME, stun.encode_u32(request.lifetime)),
         ]
         if new_token is not None:
             attrs.append((stun.ATTR_RESERVATION_TOKEN, new_token))
@@ -462,7 +519,7 @@ class TurnServer:
                 stun.encode_xor_address(ctx.client[:2], msg.transaction_id),
             )
         )
-        attrs.extend(extra)
+        attrs.extend(request.extra)
         software = [(stun.ATTR_SOFTWARE, self.software.encode())] if self.software else []
         alloc.success_response = self._response(
             msg, stun.CLASS_SUCCESS, attrs + software, key=auth.key
@@ -487,7 +544,7 @@ class TurnServer:
         if raw_family is not None and stun.decode_family(raw_family) != address_family(
             alloc.relay_addr[0]
         ):
-            raise Reject(443)
+            raise Reject(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
         lifetime = self._lifetime(msg, initial=False)
         if lifetime == 0:
             self.delete(alloc, "refresh")
@@ -496,17 +553,17 @@ class TurnServer:
             self.events.append(ev.AllocationRefreshed(alloc, lifetime))
         return [(stun.ATTR_LIFETIME, stun.encode_u32(lifetime))]
 
-    def _peer(self, ctx: Context, alloc: Allocation, value: bytes, tid: bytes) -> Addr:
+    def _peer(self, alloc: Allocation, value: bytes, tid: bytes) -> Addr:
         """Decode a XOR-PEER-ADDRESS and hold it against the family and the peer rules."""
         peer = normalize_peer(stun.decode_xor_address(value, tid))
         if address_family(peer[0]) != address_family(alloc.relay_addr[0]):
-            raise Reject(443)
+            raise Reject(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
         return peer
 
     def _deny(self, ctx: Context, peer: Addr) -> Reject:
         clusters = self.access.clusters_for(ctx.listener)
         self.events.append(ev.PermissionDenied(ctx.listener, ctx.client, peer, clusters))
-        return Reject(403, "Forbidden: no route to peer")
+        return Reject(ErrorCode.FORBIDDEN, "Forbidden: no route to peer")
 
     def _create_permission(
         self, ctx: Context, msg: Message, auth: Authenticated, now: float
@@ -514,10 +571,10 @@ class TurnServer:
         alloc = self._allocation(ctx, auth)
         values = msg.get_all(stun.ATTR_XOR_PEER_ADDRESS)
         if not values:
-            raise Reject(400, "Missing XOR-PEER-ADDRESS")
+            raise Reject(ErrorCode.BAD_REQUEST, "Missing XOR-PEER-ADDRESS")
         grants = []
         for value in values:
-            peer = self._peer(ctx, alloc, value, msg.transaction_id)
+            peer = self._peer(alloc, value, msg.transaction_id)
             ports = self.access.ports_for(ctx.listener, peer[0])
             if ports is None:
                 raise self._deny(ctx, peer)
@@ -525,7 +582,7 @@ class TurnServer:
         fresh = {ip for ip, _, _ in grants if ip not in alloc.permissions}
         cap = self.config.admin.max_permissions_per_allocation  # 0: unlimited
         if cap and len(alloc.permissions) + len(fresh) > cap:
-            raise Reject(508, "Permission limit reached")
+            raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "Permission limit reached")
         for ip, ports, cluster in grants:
             alloc.install_permission(ip, ports, cluster, now)
         return []
@@ -537,28 +594,31 @@ class TurnServer:
         raw_number = msg.get(stun.ATTR_CHANNEL_NUMBER)
         raw_peer = msg.get(stun.ATTR_XOR_PEER_ADDRESS)
         if raw_number is None or raw_peer is None:
-            raise Reject(400, "Missing CHANNEL-NUMBER or XOR-PEER-ADDRESS")
+            raise Reject(ErrorCode.BAD_REQUEST, "Missing CHANNEL-NUMBER or XOR-PEER-ADDRESS")
         number = stun.decode_channel_number(raw_number)
         if not stun.CHANNEL_MIN <= number <= CHANNEL_MAX:
-            raise Reject(400, "Channel number out of range")
-        peer = self._peer(ctx, alloc, raw_peer, msg.transaction_id)
+            raise Reject(ErrorCode.BAD_REQUEST, "Channel number out of range")
+        peer = self._peer(alloc, raw_peer, msg.transaction_id)
         bound = alloc.bindings.get(number)
         if bound is not None and bound.peer != peer:
-            raise Reject(400, "Channel bound to another peer")
+            raise Reject(ErrorCode.BAD_REQUEST, "Channel bound to another peer")
         other = alloc.channel_of_peer(peer)
         if other is not None and other.number != number:
-            raise Reject(400, "Peer bound to another channel")
+            raise Reject(ErrorCode.BAD_REQUEST, "Peer bound to another channel")
         if bound is None and alloc.hold_conflict(number, peer, now):
-            raise Reject(400, "Channel or peer held for 5 minutes after its binding expired")
+            raise Reject(
+                ErrorCode.BAD_REQUEST,
+                "Channel or peer held for 5 minutes after its binding expired",
+            )
         ports = self.access.ports_for(ctx.listener, peer[0])
         if ports is None or peer[1] not in ports:
             raise self._deny(ctx, peer)
         max_channels = self.config.admin.max_channels_per_allocation  # 0: unlimited
         if bound is None and max_channels and len(alloc.bindings) >= max_channels:
-            raise Reject(508, "Channel limit reached")
+            raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "Channel limit reached")
         max_perms = self.config.admin.max_permissions_per_allocation
         if peer[0] not in alloc.permissions and max_perms and len(alloc.permissions) >= max_perms:
-            raise Reject(508, "Permission limit reached")
+            raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "Permission limit reached")
         cluster = self.access.cluster_for(ctx.listener, peer[0])
         alloc.bind_channel(number, peer, cluster, now)
         alloc.install_permission(peer[0], ports, cluster, now)
@@ -598,16 +658,17 @@ class TurnServer:
         self,
         ctx: Context,
         msg: Message,
-        code: int,
+        code: ErrorCode,
         reason: str = "",
         attrs: list[tuple[int, bytes]] | None = None,
         *,
         key: bytes | None = None,
         quiet: bool = False,
     ) -> bytes:
-        reason = reason or stun.REASONS.get(code, "Error")
+        reason = reason or code.reason
         if not quiet:
             method = stun.method_name(msg.method)
-            self.events.append(ev.RequestRejected(ctx.listener, ctx.client, method, code, reason))
+            rejected = ev.RequestRejected(ctx.listener, ctx.client, method, int(code), reason)
+            self.events.append(rejected)
         body = [(stun.ATTR_ERROR_CODE, stun.encode_error_code(code, reason)), *(attrs or [])]
         return self._response(msg, stun.CLASS_ERROR, body, key)
