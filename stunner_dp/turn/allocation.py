@@ -77,9 +77,6 @@ class Allocation:
     def relay_addr(self) -> Addr:
         return self.relay.address
 
-    def next_deadline(self) -> float:
-        return min(self.expires, self.soonest)
-
     # -- permissions and channels (slow path) -------------------------------------------------
 
     def install_permission(self, ip: str, ports: PortSet, cluster: str, now: float) -> None:

@@ -22,7 +22,7 @@ from stunner_dp.turn.access import PeerAccess
 from stunner_dp.turn.allocation import Allocation, Traffic
 from stunner_dp.turn.auth import Credentials, Nonces, NonceState, quota_user
 from stunner_dp.turn.ratelimit import AuthFailureLimiter, UnauthLimiter
-from stunner_dp.turn.types import Addr, Context, Output, RelayFactory, RelayHandle
+from stunner_dp.turn.types import Addr, Context, Output, RelayFactory, RelayHandle, Transport
 
 DEFAULT_LIFETIME = 600
 MAX_LIFETIME = 3600
@@ -30,7 +30,8 @@ RESERVATION_LIFETIME = 30.0
 # RFC 8656 narrowed channel numbers to 0x4000-0x4FFF; RFC 5766 clients (coturn's uclient among
 # them) pick from 0x4000-0x7FFF, and pion/turn (STUNner), coturn and libwebrtc accept it all.
 CHANNEL_MAX = 0x7FFF
-STREAM_TRANSPORTS = frozenset({"tcp", "tls"})  # ChannelData is padded to 4 bytes on streams
+# ChannelData is padded to 4 bytes on streams
+STREAM_TRANSPORTS = frozenset({Transport.TCP, Transport.TLS})
 
 
 class Reject(Exception):

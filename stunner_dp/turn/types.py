@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -18,6 +19,16 @@ if TYPE_CHECKING:
 
 Addr = tuple[str, int]
 """An (ip text, port) pair; IPv6 addresses from sockets may carry flow info and scope id too."""
+
+
+class Transport(StrEnum):
+    """The socket kind under TURN, as `ListenerConfig.transport` spells it; each member equals
+    its string, so config values and metrics labels compare and print alike."""
+
+    UDP = "udp"
+    TCP = "tcp"
+    TLS = "tls"
+    DTLS = "dtls"
 
 
 class Sink(Protocol):
@@ -60,7 +71,7 @@ class Context:
     """Where a message came from: the listener, its transport and the client's address."""
 
     listener: str
-    transport: str  # "udp" | "tcp" | "tls" | "dtls"
+    transport: str  # a Transport (or the same plain string)
     client: Addr
     link: Sink  # how to answer this client (the UDP listener socket or the TCP connection)
 
