@@ -62,7 +62,7 @@ class StreamConnection(asyncio.Protocol):
     def __init__(self, listener: StreamListener) -> None:
         self.listener = listener
         self.buffer = bytearray()
-        self.transport: asyncio.Transport | None = None
+        self.stream: asyncio.Transport | None = None  # asyncio's, not the TURN transport
         self.client: Addr = ("", 0)
         self.ctx: Context | None = None
         self.sendto: Callable[[bytes | memoryview, Addr], object] = self._write
@@ -70,9 +70,9 @@ class StreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # not an isinstance check: uvloop's TCPTransport does not derive from asyncio.Transport
-        self.transport = cast(asyncio.Transport, transport)
+        self.stream = cast(asyncio.Transport, transport)
         if self.listener.closed:  # a TLS handshake that finished after its listener stopped
-            self.transport.abort()
+            self.stream.abort()
             return
         peer = transport.get_extra_info("peername")
         self.client = (str(peer[0]), int(peer[1]))
@@ -86,22 +86,22 @@ class StreamConnection(asyncio.Protocol):
         self.listener.on_events()
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        if self.stream is not None:
+            self.stream.abort()
 
     def _write(self, data: bytes | memoryview, addr: Addr) -> None:
         # The relay hot path hands us a view of its shared receive buffer; a transport may
         # queue what it cannot send at once, so it must get bytes of its own.
         data = bytes(data)
-        transport = self.transport
-        if transport is None or transport.is_closing():
+        stream = self.stream
+        if stream is None or stream.is_closing():
             return
-        if transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+        if stream.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
             self.listener.counters.dropped += 1
             return
-        transport.write(data)
+        stream.write(data)
         if len(data) & 3:  # ChannelData over a stream is padded to 4 bytes (RFC 8656 12.5)
-            transport.write(b"\0" * (4 - (len(data) & 3)))
+            stream.write(b"\0" * (4 - (len(data) & 3)))
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
