@@ -37,7 +37,7 @@ from stunner_dp.config.model import DEFAULT_HEALTHCHECK_ENDPOINT
 from stunner_dp.daemon.origin import DEFAULT_CDS_ORIGIN, Origin, make_origin
 from stunner_dp.net.dns import DEFAULT_INTERVAL, Resolved, StrictDnsResolver, interval_from_env
 from stunner_dp.net.runtime import Server
-from stunner_dp.observe.health import NOT_READY, READY, TERMINATING, HealthServer, status_document
+from stunner_dp.observe.health import HealthServer, HealthState, status_document
 from stunner_dp.observe.http import HttpEndpoints
 from stunner_dp.observe.logs import configure_logging, get_logger
 from stunner_dp.observe.metrics import attach_metrics
@@ -221,7 +221,7 @@ class Daemon:
         self.options = options
         self.initial_config = config
         self.config: StunnerConfig | None = None  # the running config
-        self.state = NOT_READY
+        self.state = HealthState.NOT_READY
         self.dataplane: Dataplane = dataplane or LocalDataplane(
             alternate_server=options.alternate_server, dns_interval=options.dns_interval
         )
@@ -239,9 +239,10 @@ class Daemon:
     # -- status (StatusSource) ----------------------------------------------------------------
 
     def is_ready(self) -> bool:
-        if self.state == READY:
+        if self.state == HealthState.READY:
             return True
-        return self.state == TERMINATING and self.options.force_ready and self.config is not None
+        draining = self.state == HealthState.TERMINATING
+        return draining and self.options.force_ready and self.config is not None
 
     def status(self) -> dict[str, Any]:
         bound, failed = self.dataplane.listener_state()
@@ -332,8 +333,8 @@ class Daemon:
                     return False
             self.config = config
             self.configs_applied += 1
-            if self.state == NOT_READY:
-                self.state = READY
+            if self.state == HealthState.NOT_READY:
+                self.state = HealthState.READY
             self._log_applied(old, config)
             await self._after(old, config)
             return True
@@ -382,9 +383,9 @@ class Daemon:
 
     def begin_drain(self) -> None:
         """Stop being ready; new Allocates go to the alternate server when there is one."""
-        if self.state == TERMINATING:
+        if self.state == HealthState.TERMINATING:
             return
-        self.state = TERMINATING
+        self.state = HealthState.TERMINATING
         self.dataplane.set_draining(True)
         log.info(
             "draining: waiting for the last allocation to end",

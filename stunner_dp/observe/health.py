@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -25,15 +26,22 @@ from stunner_dp.observe.logs import get_logger
 __all__ = [
     "DEFAULT_HEALTH_PORT",
     "HealthServer",
+    "HealthState",
     "StatusSource",
     "status_document",
 ]
 
 DEFAULT_HEALTH_PORT = 8086
 PATHS = ("/live", "/ready", "/status")
-READY = "READY"
-NOT_READY = "NOT-READY"
-TERMINATING = "TERMINATING"
+
+
+class HealthState(StrEnum):
+    """The daemon's state, as /status reports it."""
+
+    NOT_READY = "NOT-READY"  # until the first good config
+    READY = "READY"
+    TERMINATING = "TERMINATING"  # draining, on the way out
+
 
 log = get_logger("stunner")
 
@@ -47,7 +55,7 @@ class StatusSource(Protocol):
 def status_document(
     config: StunnerConfig | None,
     *,
-    state: str,
+    state: HealthState,
     bound: Mapping[str, int],
     failed: Mapping[str, str],
     allocation_count: int,
@@ -158,7 +166,7 @@ class HealthServer:
 
     async def _ready(self, request: web.Request) -> web.StreamResponse:
         if self.source.is_ready():
-            return _json(200, {"status": 200, "message": READY})
+            return _json(200, {"status": 200, "message": HealthState.READY})
         return _json(503, {"status": 503, "message": "stunnerd not ready"})
 
     async def _status(self, request: web.Request) -> web.StreamResponse:
