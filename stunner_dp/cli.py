@@ -6,12 +6,12 @@ import argparse
 import os
 import sys
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
 from stunner_dp import __version__
 from stunner_dp.config import ConfigError, StunnerConfig, load_config_file, parse_config
+from stunner_dp.config.uri import parse_turn_uri
 from stunner_dp.daemon.origin import is_cds_origin
 from stunner_dp.observe.logs import configure_logging, get_logger
 
@@ -22,7 +22,9 @@ def stunnerd_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stunnerd", description="stunner-dp: a TURN/STUN server, drop-in dataplane for STUNner"
     )
-    p.add_argument("uri", nargs="?", help="quick start: turn://USER:PASS@ADDR:PORT?transport=udp")
+    p.add_argument(
+        "uri", nargs="?", help="quick start: turn://USER:PASS@ADDR:PORT?transport=udp|tcp"
+    )
     p.add_argument(
         "-c", "--config", help="config origin: PATH, file://PATH or http://HOST:PORT (CDS)"
     )
@@ -59,31 +61,36 @@ def stunnerd_parser() -> argparse.ArgumentParser:
     return p
 
 
+TURNS_NEEDS_CERT = (
+    "use a config file with listeners[].cert and .key (see config/examples/tls-dtls.json)"
+)
+
+
 def config_from_uri(uri: str) -> dict[str, Any]:
-    """`turn://user:pass@1.2.3.4:3478?transport=udp`: static auth, one listener, public peers."""
-    parts = urlsplit(uri)
-    if parts.scheme not in ("turn", "turns") or not parts.hostname:
-        raise ConfigError("uri", uri, "turn://USER:PASS@ADDR:PORT?transport=udp|tcp")
-    transport = parse_qs(parts.query).get("transport", ["udp"])[0].upper()
+    """`turn://user:pass@1.2.3.4:3478?transport=udp`: static auth, one listener, public peers.
+
+    A `turns:` URI makes a TURN-TLS (or, with transport=udp, TURN-DTLS) listener, which needs
+    a certificate no URI carries: that is a ConfigError naming the fix."""
+    parsed = parse_turn_uri(uri)
+    protocol = parsed.listener_protocol  # TURN-UDP, TURN-TCP, TURN-TLS or TURN-DTLS
+    if parsed.secure:
+        problem = f"a turns: URI needs a certificate (for its {protocol} listener)"
+        raise ConfigError("uri", "", TURNS_NEEDS_CERT, problem=problem)
+    listener = {
+        "name": f"default-listener-{parsed.transport}",
+        "protocol": protocol,
+        "address": parsed.host,
+        "port": parsed.port,
+        "routes": ["allow-any"],
+    }
     return {
         "version": "v1",
         "admin": {"name": "stunnerd"},
         "auth": {
             "type": "static",
-            "credentials": {
-                "username": unquote(parts.username or ""),
-                "password": unquote(parts.password or ""),
-            },
+            "credentials": {"username": parsed.username, "password": parsed.password},
         },
-        "listeners": [
-            {
-                "name": f"default-listener-{transport.lower()}",
-                "protocol": f"TURN-{transport}",
-                "address": parts.hostname,
-                "port": parts.port or 3478,
-                "routes": ["allow-any"],
-            }
-        ],
+        "listeners": [listener],
         "clusters": [{"name": "allow-any", "type": "STATIC", "endpoints": ["0.0.0.0/0", "::/0"]}],
     }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import socket
@@ -28,7 +29,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import TextIO, cast
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from OpenSSL import SSL
 
@@ -46,6 +46,7 @@ from stunner_dp.client.turn import (
     text,
     udp_transport,
 )
+from stunner_dp.config.uri import TurnUri, parse_turn_uri
 from stunner_dp.turn.auth import ephemeral_expiry
 
 # -- the echo peer ----------------------------------------------------------------------------
@@ -78,49 +79,6 @@ async def echo_peer(host: str) -> AsyncIterator[Addr]:
 # -- the probe --------------------------------------------------------------------------------
 
 
-@dataclass
-class Target:
-    host: str
-    port: int
-    transport: str  # udp | tcp | tls | dtls
-    username: str
-    password: str
-
-
-def parse_turn_uri(uri: str) -> Target:
-    """``turn://user:pass@host:3478?transport=udp`` (also ``turn:``, and ``turns://`` for TLS
-    with transport=tcp, DTLS with transport=udp). The
-    username may hold ':' (ephemeral ``<expiry>:<user>``): the password is after the last one.
-    A base64 password may be given as it is ('/', '+' and '=' need no escaping); percent-encode
-    a ':', '@' or '?' in a password."""
-    scheme, sep, rest = uri.partition(":")
-    if not sep or scheme not in ("turn", "turns"):
-        raise ValueError(f"{uri!r}: expected turn://USER:PASS@HOST:PORT?transport=udp|tcp")
-    rest = rest.removeprefix("//")
-    authority, _, query = rest.partition("?")
-    userinfo, _, hostport = authority.rpartition("@")
-    user, _, password = userinfo.rpartition(":") if ":" in userinfo else (userinfo, "", "")
-    try:
-        host_parts = urlsplit(f"//{hostport.rstrip('/')}")
-        port = host_parts.port
-    except ValueError as exc:
-        raise ValueError(f"{uri!r}: {exc}") from None
-    if not host_parts.hostname:
-        raise ValueError(f"{uri!r}: no host")
-    transport = parse_qs(query).get("transport", ["udp"])[0].lower()
-    if transport not in ("udp", "tcp"):
-        raise ValueError(f"{uri!r}: transport must be udp or tcp")
-    if scheme == "turns":
-        transport = "dtls" if transport == "udp" else "tls"
-    return Target(
-        host_parts.hostname,
-        port or (5349 if scheme == "turns" else 3478),
-        transport,
-        unquote(user),
-        unquote(password),
-    )
-
-
 class ProbeFailed(Exception):
     """A step failed; `diagnosis` says what that usually means."""
 
@@ -132,7 +90,7 @@ class ProbeFailed(Exception):
 
 @dataclass
 class Probe:
-    target: Target
+    target: TurnUri
     timeout: float = 3.0
     peer: Addr | None = None
     out: TextIO = sys.stdout
@@ -480,8 +438,8 @@ def probe_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "uri",
-        help="turn://USER:PASS@HOST:PORT?transport=udp|tcp (turns://...: TLS with tcp, DTLS "
-        "with udp)",
+        help="turn://USER:PASS@HOST:PORT?transport=udp|tcp (RFC 7065; turns://...: TLS, or "
+        "DTLS with transport=udp)",
     )
     p.add_argument(
         "--peer",
@@ -506,9 +464,9 @@ def probe_main(argv: list[str] | None = None) -> int:
         print(f"stunner-dp probe: {exc}", file=sys.stderr)
         return 2
     if args.user is not None:
-        target.username = args.user
+        target = dataclasses.replace(target, username=args.user)
     if args.password is not None:
-        target.password = args.password
+        target = dataclasses.replace(target, password=args.password)
     context = None
     if target.transport == "tls":
         context = ssl.create_default_context()

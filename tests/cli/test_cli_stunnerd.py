@@ -91,6 +91,66 @@ def test_dry_run_of_quick_start_uri() -> None:
     assert (listener["protocol"], listener["port"]) == ("TURN-TCP", 3479)
 
 
+@pytest.mark.parametrize(
+    ("uri", "listener"),
+    [
+        ("turn:127.0.0.1", ("TURN-UDP", 3478)),  # RFC 7065, no credentials: the defaults
+        ("turn:[::1]:3479?transport=tcp", ("TURN-TCP", 3479)),
+        ("turn://u:p@127.0.0.1:3480?transport=UDP", ("TURN-UDP", 3480)),
+    ],
+)
+def test_dry_run_of_rfc7065_forms(uri: str, listener: tuple[str, int]) -> None:
+    result = stunnerd("-d", uri)
+    if "@" not in uri:  # static auth needs credentials: the config says which
+        assert result.returncode == 2 and "auth.credentials" in result.stderr, result.stderr
+        result = stunnerd("-d", uri.replace(":", "://u:p@", 1))
+    assert result.returncode == 0, result.stderr
+    (got,) = yaml.safe_load(result.stdout)["listeners"]
+    assert (got["protocol"], got["port"]) == listener
+
+
+@pytest.mark.parametrize(
+    ("uri", "protocol"),
+    [
+        ("turns://u:p@127.0.0.1:5349?transport=tcp", "TURN-TLS"),
+        ("turns://u:p@127.0.0.1", "TURN-TLS"),  # turns: defaults to TLS (RFC 7065)
+        ("turns:u:p@127.0.0.1:5349?transport=udp", "TURN-DTLS"),
+    ],
+)
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_turns_uri_is_refused_naming_the_fix(uri: str, protocol: str, dry_run: bool) -> None:
+    """A turns: URI would be a TLS or DTLS listener, and no URI carries a certificate: one
+    line, exit code 2, naming the fix (never a plaintext listener in its place)."""
+    result = stunnerd(*(["-d"] if dry_run else []), uri)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "a turns: URI needs a certificate" in lines[0]
+    assert protocol in lines[0]
+    assert "listeners[].cert and .key" in lines[0]
+    assert "config/examples/tls-dtls.json" in lines[0]
+    assert (REPO / "config" / "examples" / "tls-dtls.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("uri", "named"),
+    [
+        ("turn://u:p@127.0.0.1?transport=sctp", "transport 'sctp' is neither udp nor tcp"),
+        ("http://u:p@127.0.0.1", "'http' is neither turn nor turns"),
+        ("turn://u:p@127.0.0.1:70000", "the port '70000' is not 1-65535"),
+        ("turn://u:p@", "no host"),
+    ],
+)
+def test_bad_quick_start_uri_fails_with_one_line(uri: str, named: str) -> None:
+    result = stunnerd("-d", uri)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert named in lines[0], lines[0]
+    assert result.stdout == ""
+
+
 def test_there_are_invalid_configs_to_check() -> None:
     assert len(INVALID) >= 10
 

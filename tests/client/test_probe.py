@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from stunner_dp.client.probe import parse_turn_uri
+from stunner_dp.config.uri import parse_turn_uri
 from stunner_dp.testing import ephemeral_credentials, free_port, start_turn_server
 
 
