@@ -41,7 +41,7 @@ from stunner_dp.observe.health import HealthServer, HealthState, status_document
 from stunner_dp.observe.http import HttpEndpoints
 from stunner_dp.observe.logs import configure_logging, get_logger
 from stunner_dp.observe.metrics import attach_metrics
-from stunner_dp.turn.access import PeerAccess, strict_dns_hosts
+from stunner_dp.turn.access import strict_dns_hosts
 from stunner_dp.turn.types import Addr
 
 __all__ = [
@@ -130,16 +130,14 @@ class LocalDataplane:
             reuse_port=self._reuse_port,
             bind_host=self._bind_host,
         )
+        server.set_dns_answers(self.dns.resolved)
         try:
             await server.start()
         except BaseException:
             await server.stop()
             raise
         self.server = server
-        assert server.turn is not None
-        server.turn.draining = self._draining
-        if self.dns.resolved:
-            server.turn.access = PeerAccess.from_config(config, self.dns.resolved)
+        server.set_draining(self._draining)  # it may have changed while the server started
         self.dns.start()
 
     async def apply(self, config: StunnerConfig) -> None:
@@ -148,20 +146,16 @@ class LocalDataplane:
         fresh = self.dns.unresolved()
         if fresh:  # new names: resolve before the rules that need them are installed
             await self.dns.resolve(fresh, notify=False)
-        await self.server.apply(config, PeerAccess.from_config(config, self.dns.resolved))
+        await self.server.apply(config, self.dns.resolved)
 
     def _dns_changed(self, resolved: Resolved) -> None:
-        server = self.server
-        if server is None or server.turn is None:
-            return
-        server.turn.access = PeerAccess.from_config(server.config, resolved)
-        server.turn.revalidate()
-        server.process_events()
+        if self.server is not None:
+            self.server.set_dns_answers(resolved)
 
     def set_draining(self, draining: bool) -> None:
         self._draining = draining
-        if self.server is not None and self.server.turn is not None:
-            self.server.turn.draining = draining
+        if self.server is not None:
+            self.server.set_draining(draining)
 
     def listener_state(self) -> tuple[dict[str, int], dict[str, str]]:
         if self.server is None:

@@ -26,7 +26,6 @@ from stunner_dp.config import parse_config
 from stunner_dp.daemon.pipe import read_frame, write_frame
 from stunner_dp.net.runtime import Server
 from stunner_dp.observe.logs import configure_logging, get_logger
-from stunner_dp.turn.access import PeerAccess
 
 STATS_INTERVAL = 1.0
 
@@ -45,7 +44,6 @@ class Worker:
         self.reader = reader
         self.writer = writer
         self.server: Server | None = None
-        self.resolved: dict[str, list[str]] = {}
         self.self_draining = False
 
     def send(self, frame: dict[str, Any]) -> None:
@@ -68,6 +66,8 @@ class Worker:
             reuse_port=True,
             bind_host=init.get("bind_host"),
         )
+        server.set_draining(bool(init.get("draining")))
+        server.set_dns_answers(init.get("resolved") or {})
         try:
             await server.start()
         except (RuntimeError, OSError) as exc:
@@ -76,11 +76,6 @@ class Worker:
             await self.writer.drain()
             return 1
         self.server = server
-        assert server.turn is not None
-        server.turn.draining = bool(init.get("draining"))
-        self.resolved = init.get("resolved") or {}
-        if self.resolved:
-            server.turn.access = PeerAccess.from_config(config, self.resolved)
         self.send({"type": "ready", **_listener_state(server), "stats": server.stats()})
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
@@ -95,16 +90,15 @@ class Worker:
 
     async def handle(self, frame: dict[str, Any]) -> None:
         server = self.server
-        assert server is not None and server.turn is not None
+        assert server is not None
         kind = frame.get("type")
         if kind == "stats":
             self.send({"type": "stats", "id": frame.get("id"), "stats": server.stats()})
         elif kind == "config":
-            self.resolved = frame.get("resolved") or {}
             error = ""
             try:
                 config = parse_config(frame["config"])
-                await server.apply(config, PeerAccess.from_config(config, self.resolved))
+                await server.apply(config, frame.get("resolved") or {})
             except Exception as exc:  # the supervisor rolls back; keep running
                 error = repr(exc)
             self.send(
@@ -116,12 +110,9 @@ class Worker:
                 }
             )
         elif kind == "dns":
-            self.resolved = frame.get("resolved") or {}
-            server.turn.access = PeerAccess.from_config(server.config, self.resolved)
-            server.turn.revalidate()
-            server.process_events()
+            server.set_dns_answers(frame.get("resolved") or {})
         elif kind == "draining":
-            server.turn.draining = bool(frame.get("value")) or self.self_draining
+            server.set_draining(bool(frame.get("value")) or self.self_draining)
 
     async def _report_forever(self) -> None:
         server = self.server
@@ -138,11 +129,11 @@ class Worker:
 
     def _on_sigterm(self) -> None:
         server = self.server
-        if server is None or server.turn is None:
+        if server is None:
             return
         log.info("worker got SIGTERM: draining", allocations=server.allocation_count)
         self.self_draining = True
-        server.turn.draining = True
+        server.set_draining(True)
 
 
 async def worker_main(fd: int) -> int:

@@ -33,26 +33,25 @@ lives and expires by its own lifetime, as over UDP.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import hashlib
 import hmac
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from OpenSSL import SSL
 
 from stunner_dp.config import ListenerConfig
 from stunner_dp.dtls_records import DTLS1_2_VERSION, MTU, RECORD_HEADER, pack_datagrams
 from stunner_dp.turn.server import TurnServer
-from stunner_dp.turn.types import Addr, Context, Output
+from stunner_dp.turn.types import Addr, Context
 
+from .certs import pem_files
 from .counters import ListenerCounters
+from .listener import dispatch_stun, send_outputs
 from .relay import READ_BATCH, RECV_SIZE
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a handshake, from the verified ClientHello to Finished
@@ -82,10 +81,7 @@ def _dtls_context(listener: ListenerConfig) -> SSL.Context:
     context.set_min_proto_version(DTLS1_2_VERSION)
     # We set the MTU; renegotiation would be a second handshake inside the association.
     context.set_options(SSL.OP_NO_QUERY_MTU | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_COMPRESSION)
-    with tempfile.TemporaryDirectory() as tmp:
-        cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
-        cert.write_bytes(base64.b64decode(listener.cert))
-        key.write_bytes(base64.b64decode(listener.key))
+    with pem_files(listener) as (cert, key):
         context.use_certificate_chain_file(str(cert))
         context.use_privatekey_file(str(key))
     context.check_privatekey()
@@ -164,6 +160,10 @@ class DtlsListener:
     @property
     def port(self) -> int:
         return int(self.sock.getsockname()[1])
+
+    @property
+    def connections_open(self) -> int:
+        return len(self.connections)  # handshakes in progress too
 
     def close(self) -> None:
         if self._closed:
@@ -283,30 +283,14 @@ class DtlsListener:
 
     def dispatch(self, conn: DtlsConnection, data: bytes) -> None:
         """One decrypted message: ChannelData or STUN, as a UDP listener would take it."""
-        server = self.server
         counters = self.counters
-        if len(data) >= 4 and 0x40 <= data[0] <= 0x7F:
-            outputs = server.handle_channel_data(conn.ctx, data)
+        if len(data) >= 4 and 0x40 <= data[0] <= 0x7F:  # ChannelData raises no events
+            outputs = self.server.handle_channel_data(conn.ctx, data)
             if not outputs:
                 counters.dropped += 1
+            send_outputs(outputs, conn, counters)
         else:
-            counters.rx_packets += 1
-            counters.rx_bytes += len(data)
-            outputs = server.handle_stun(conn.ctx, data, self.now())
-        self._send_all(conn, outputs)
-        if server.events:
-            self.on_events()
-
-    def _send_all(self, conn: DtlsConnection, outputs: list[Output]) -> None:
-        counters = self.counters
-        for sink, addr, payload in outputs:
-            if sink is conn:
-                counters.tx_packets += 1
-                counters.tx_bytes += len(payload)
-            try:
-                sink.sendto(payload, addr)
-            except OSError:
-                counters.dropped += 1
+            dispatch_stun(self.server, conn.ctx, data, self.now(), counters, self.on_events)
 
     def _sweep(self) -> None:
         """Handshakes past their deadline, idle associations without an allocation."""

@@ -10,15 +10,13 @@ import asyncio
 import logging
 import os
 import resource
-import ssl
-import tempfile
 import time
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any
 
 from stunner_dp.config import ListenerConfig, StunnerConfig, diff_configs, parse_config
+from stunner_dp.observe.events_log import log_event
 from stunner_dp.observe.logs import get_logger
 from stunner_dp.turn import events as ev
 from stunner_dp.turn.access import PeerAccess
@@ -26,15 +24,15 @@ from stunner_dp.turn.allocation import Traffic
 from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Addr
 
+from .certs import tls_context
 from .counters import ListenerCounters
+from .listener import Listener
 from .relay import RelayPool
 from .tcp import StreamListener
 from .udp import UdpListener, bind_udp
 
-if TYPE_CHECKING:  # pyOpenSSL is imported when a DTLS listener starts, not before
-    from .dtls import DtlsListener
-
-Listener: TypeAlias = "UdpListener | StreamListener | DtlsListener"
+# STRICT_DNS answers: hostname -> its current IPs (stunner_dp.net.dns resolves them)
+DnsAnswers = Mapping[str, Sequence[str]]
 TICK = 1.0  # seconds between expiry sweeps
 DEMO_CREDENTIALS = ("user-1", "pass-1")
 
@@ -71,7 +69,9 @@ class Server:
         self._bind_host = bind_host  # None: the wildcard of the listener's address family
         self.listeners: dict[str, Listener] = {}
         self.failed_listeners: dict[str, str] = {}
-        self.turn: TurnServer | None = None
+        self._turn: TurnServer | None = None  # the state machine: driven only through verbs
+        self._draining = False
+        self._dns_answers: dict[str, Sequence[str]] = {}
         self.relays: RelayPool | None = None
         self._timer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -83,13 +83,16 @@ class Server:
     async def start(self) -> Server:
         self._loop = asyncio.get_running_loop()
         self.relays = RelayPool(self._loop)
-        self.turn = TurnServer(
+        self._turn = TurnServer(
             self.config,
             self.relays,
             nonce_secret=self._nonce_secret,
             software=self._software,
             alternate_server=self._alternate,
         )
+        self._turn.draining = self._draining
+        if self._dns_answers:
+            self._turn.access = PeerAccess.from_config(self.config, self._dns_answers)
         self._warn_demo_credentials()
         for listener in self.config.listeners:
             await self._start_listener(listener)
@@ -105,8 +108,8 @@ class Server:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.turn is not None:
-            self.turn.close()
+        if self._turn is not None:
+            self._turn.close()
             self.process_events()
         for name in list(self.listeners):
             self._stop_listener(name)
@@ -124,12 +127,30 @@ class Server:
 
     @property
     def allocation_count(self) -> int:
-        return self.turn.allocation_count if self.turn else 0
+        return self._turn.allocation_count if self._turn else 0
+
+    @property
+    def turn(self) -> TurnServer | None:
+        """The state machine, to look at (tests, `stats`); None before `start`. Change it only
+        through the verbs (`apply`, `set_dns_answers`, `set_draining`): nothing outside
+        stunner_dp.net may touch it (tests/test_layering.py)."""
+        return self._turn
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def set_draining(self, draining: bool) -> None:
+        """While draining, new Allocates get 300 Try Alternate when an alternate server is set;
+        the allocations there live on. Holds across `start`."""
+        self._draining = draining
+        if self._turn is not None:
+            self._turn.draining = draining
 
     # -- listeners ----------------------------------------------------------------------------
 
     async def _start_listener(self, listener: ListenerConfig) -> None:
-        assert self.turn is not None and self._loop is not None
+        assert self._turn is not None and self._loop is not None
         host = self._bind_host or ("::" if ":" in listener.address else "0.0.0.0")
         assert self.relays is not None
         # Counters outlive a listener restart (a scrape must never see a counter go down).
@@ -141,7 +162,7 @@ class Server:
                     self._loop,
                     listener.name,
                     sock,
-                    self.turn,
+                    self._turn,
                     self.process_events,
                     time.time,
                     counters,
@@ -150,7 +171,7 @@ class Server:
                 stream = StreamListener(
                     listener.name,
                     listener.transport,
-                    self.turn,
+                    self._turn,
                     self.process_events,
                     time.time,
                     counters,
@@ -174,7 +195,7 @@ class Server:
                     self._loop,
                     listener.name,
                     sock,
-                    self.turn,
+                    self._turn,
                     self.process_events,
                     time.time,
                     counters,
@@ -212,16 +233,18 @@ class Server:
 
     # -- reconfiguration ----------------------------------------------------------------------
 
-    async def apply(self, config: StunnerConfig, access: PeerAccess | None = None) -> None:
-        """Make `config` the running config, touching only what changed. `access`: the peer
-        rules to use when the caller built them (with STRICT_DNS answers); else from `config`."""
-        assert self.turn is not None
+    async def apply(self, config: StunnerConfig, dns_answers: DnsAnswers | None = None) -> None:
+        """Make `config` the running config, touching only what changed. `dns_answers`: the
+        STRICT_DNS answers its peer rules are built with (None: the last ones given)."""
+        assert self._turn is not None
+        if dns_answers is not None:
+            self._dns_answers = dict(dns_answers)  # a copy: the resolver updates its own
         old = self.config
         diff = diff_configs(old, config)
         for name in (*diff.listeners_to_stop, *diff.listeners_to_restart):
             self._stop_listener(name)
         self.config = config
-        self.turn.update_config(config, access or PeerAccess.from_config(config))
+        self._turn.update_config(config, PeerAccess.from_config(config, self._dns_answers))
         for name in [n for n in self.failed_listeners if config.listener(n) is None]:
             del self.failed_listeners[name]
         # Every configured listener that is not running starts: the new and restarted ones, and
@@ -230,6 +253,17 @@ class Server:
             if listener.name not in self.listeners:
                 await self._start_listener(listener)
         self._warn_demo_credentials()
+        self.process_events()
+
+    def set_dns_answers(self, dns_answers: DnsAnswers) -> None:
+        """New STRICT_DNS answers: the peer rules of the running config are rebuilt with them
+        and every permission is held against them (those no longer allowed are revoked)."""
+        self._dns_answers = dict(dns_answers)  # a copy: the resolver updates its own
+        turn = self._turn
+        if turn is None:  # `start` builds the rules with them
+            return
+        turn.access = PeerAccess.from_config(self.config, self._dns_answers)
+        turn.revalidate()
         self.process_events()
 
     def _warn_demo_credentials(self) -> None:
@@ -248,8 +282,8 @@ class Server:
             self.tick(time.time())
 
     def tick(self, now: float) -> None:
-        assert self.turn is not None
-        self.turn.expire(now)
+        assert self._turn is not None
+        self._turn.expire(now)
         self.process_events()
 
     def stats(self) -> dict[str, Any]:
@@ -268,18 +302,19 @@ class Server:
                 c = relays.counters.get(name) or ListenerCounters()
                 lst = self.listeners.get(name)
                 streams = isinstance(lst, StreamListener)
-                # TCP/TLS: open connections; DTLS: associations (UDP: none, allocations count)
-                conns = getattr(lst, "connections", None)
                 listeners[name] = {
                     "rx_packets": c.rx_packets,
                     "rx_bytes": c.rx_bytes,
                     "tx_packets": c.tx_packets,
                     "tx_bytes": c.tx_bytes,
                     "dropped": c.dropped,
-                    "connections": len(conns)
-                    if conns is not None
+                    # a stopped listener: what its allocations and counters say
+                    "connections": lst.connections_open
+                    if lst is not None
                     else len(turn.allocations.get(name, {})),
-                    "connections_total": getattr(lst, "connections_total", c.allocations_total),
+                    "connections_total": lst.connections_total
+                    if lst is not None
+                    else c.allocations_total,
                     "streams": int(streams),
                 }
             return listeners[name]
@@ -320,7 +355,7 @@ class Server:
         }
 
     def process_events(self) -> None:
-        turn = self.turn
+        turn = self._turn
         if turn is None:
             return
         assert self.relays is not None
@@ -336,68 +371,6 @@ class Server:
             self.idle.set()
         else:
             self.idle.clear()
-
-
-def log_event(event: ev.Event) -> None:
-    match event:
-        case ev.AllocationCreated(allocation=a):
-            log.info(
-                "allocation created",
-                listener=a.listener,
-                transport=a.transport,
-                client=f"{a.client[0]}:{a.client[1]}",
-                user=a.username,
-                relay=f"{a.relay_addr[0]}:{a.relay_addr[1]}",
-                lifetime=int(a.expires - a.created),
-            )
-        case ev.AllocationRefreshed(allocation=a, lifetime=lifetime):
-            log.info(
-                "allocation refreshed",
-                listener=a.listener,
-                client=f"{a.client[0]}:{a.client[1]}",
-                user=a.username,
-                lifetime=lifetime,
-            )
-        case ev.AllocationDeleted(allocation=a, reason=reason):
-            op, ob, ip_, ib = a.totals()
-            log.info(
-                "allocation deleted",
-                listener=a.listener,
-                transport=a.transport,
-                client=f"{a.client[0]}:{a.client[1]}",
-                user=a.username,
-                relay=f"{a.relay_addr[0]}:{a.relay_addr[1]}",
-                reason=reason,
-                packets_to_peers=op,
-                bytes_to_peers=ob,
-                packets_to_client=ip_,
-                bytes_to_client=ib,
-            )
-        case ev.PermissionDenied(listener=listener, client=client, peer=peer, clusters=clusters):
-            log.info(
-                "permission denied: no route to endpoint",
-                peer=f"{peer[0]}:{peer[1]}",
-                listener=listener,
-                client=f"{client[0]}:{client[1]}",
-                clusters_tried=list(clusters),
-            )
-        case ev.AuthFailed(listener=listener, client=client, username=user, reason=reason):
-            log.info(
-                "authentication failed",
-                listener=listener,
-                client=f"{client[0]}:{client[1]}",
-                user=user,
-                reason=reason,
-            )
-        case ev.RequestRejected(listener=listener, client=client, method=m, code=code, reason=r):
-            log.debug(
-                "request rejected",
-                listener=listener,
-                client=f"{client[0]}:{client[1]}",
-                method=m,
-                code=code,
-                reason=r,
-            )
 
 
 FD_RESERVE = 64  # descriptors kept back for logs, metrics, health checks, DNS and accepts
@@ -440,16 +413,3 @@ def check_fd_limit(config: StunnerConfig) -> int | None:
     else:
         netlog.info("open-file limit", **fields)
     return allows
-
-
-def tls_context(listener: ListenerConfig) -> ssl.SSLContext:
-    """A server context from the listener's base64 PEM cert and key (as STUNner stores them)."""
-    import base64
-
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with tempfile.TemporaryDirectory() as tmp:
-        cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
-        cert.write_bytes(base64.b64decode(listener.cert))
-        key.write_bytes(base64.b64decode(listener.key))
-        context.load_cert_chain(cert, key)
-    return context

@@ -13,6 +13,7 @@ from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Addr, Context
 
 from .counters import ListenerCounters
+from .listener import dispatch_stun, send_outputs
 
 MAX_FRAME = 65536 + 4
 WRITE_BUFFER_LIMIT = 1 << 20  # past this a slow client loses media, not the server's memory
@@ -46,6 +47,10 @@ class StreamListener:
     def port(self) -> int:
         assert self.asyncio_server is not None
         return int(self.asyncio_server.sockets[0].getsockname()[1])
+
+    @property
+    def connections_open(self) -> int:
+        return len(self.connections)
 
     def protocol(self) -> StreamConnection:
         return StreamConnection(self)
@@ -122,19 +127,9 @@ class StreamConnection(asyncio.Protocol):
                 return
             frame = bytes(buf[:size])
             del buf[:size]
-            if 0x40 <= frame[0] <= 0x7F:
-                outputs = server.handle_channel_data(ctx, frame)
+            if 0x40 <= frame[0] <= 0x7F:  # ChannelData raises no events
+                send_outputs(server.handle_channel_data(ctx, frame), self, listener.counters)
             else:
-                listener.counters.rx_packets += 1
-                listener.counters.rx_bytes += size
-                outputs = server.handle_stun(ctx, frame, listener.now())
-            for sink, addr, payload in outputs:
-                if sink is self:  # a STUN answer; media to the peer goes via the relay
-                    listener.counters.tx_packets += 1
-                    listener.counters.tx_bytes += len(payload)
-                try:
-                    sink.sendto(payload, addr)
-                except OSError:
-                    listener.counters.dropped += 1
-        if server.events:
-            listener.on_events()
+                dispatch_stun(
+                    server, ctx, frame, listener.now(), listener.counters, listener.on_events
+                )

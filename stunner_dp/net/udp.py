@@ -7,9 +7,10 @@ import socket
 from collections.abc import Callable
 
 from stunner_dp.turn.server import TurnServer
-from stunner_dp.turn.types import Addr, Context, Output
+from stunner_dp.turn.types import Addr, Context
 
 from .counters import ListenerCounters
+from .listener import dispatch_stun, send_outputs
 from .relay import READ_BATCH, RECV_SIZE
 
 
@@ -67,6 +68,14 @@ class UdpListener:
     def port(self) -> int:
         return int(self._sock.getsockname()[1])
 
+    @property
+    def connections_open(self) -> int:
+        return len(self._server.allocations.get(self.name, {}))  # no connections: allocations
+
+    @property
+    def connections_total(self) -> int:
+        return self.counters.allocations_total
+
     def close(self) -> None:
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
@@ -122,25 +131,10 @@ class UdpListener:
             client = (client6[0], client6[1])
             if len(data) >= 4 and 0x40 <= data[0] <= 0x7F:
                 ctx = Context(self.name, "udp", client, self)
-                self._send_all(self._server.handle_channel_data(ctx, data))
+                send_outputs(self._server.handle_channel_data(ctx, data), self, self.counters)
             else:
                 self._slow_path(data, client)
 
     def _slow_path(self, data: bytes, client: Addr) -> None:
-        counters = self.counters
-        counters.rx_packets += 1
-        counters.rx_bytes += len(data)
         ctx = Context(self.name, "udp", client, self)
-        self._send_all(self._server.handle_stun(ctx, data, self._now()))
-        if self._server.events:
-            self._on_events()
-
-    def _send_all(self, outputs: list[Output]) -> None:
-        for sink, addr, payload in outputs:
-            if sink is self:
-                self.counters.tx_packets += 1
-                self.counters.tx_bytes += len(payload)
-            try:
-                sink.sendto(payload, addr)
-            except OSError:
-                self.counters.dropped += 1  # the kernel refused one datagram: UDP drops it
+        dispatch_stun(self._server, ctx, data, self._now(), self.counters, self._on_events)
