@@ -10,8 +10,11 @@ supervisor -> worker
     ``stats``     id: answer ``stats`` now
 worker -> supervisor
     ``ready``     listeners (name -> port), failed (name -> reason), stats; or ``failed``, error
-    ``stats``     stats (`Server.stats()`), id when asked; also every STATS_INTERVAL seconds
+    ``stats``     stats, id when asked; also every STATS_INTERVAL seconds
     ``applied``   id, error ("" when applied), listeners, failed
+
+A ``stats`` value is `Server.stats().to_dict()`, read back with `StatsSnapshot.from_dict()`
+(stunner_dp.observe.stats): fields a newer worker adds are ignored, missing ones are zero.
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from stunner_dp.observe.health import HealthServer, HealthState, status_document
 from stunner_dp.observe.http import HttpEndpoints
 from stunner_dp.observe.logs import configure_logging, get_logger
 from stunner_dp.observe.metrics import attach_metrics
+from stunner_dp.observe.stats import StatsSnapshot
 from stunner_dp.turn.access import strict_dns_hosts
 from stunner_dp.turn.types import Addr
 
@@ -84,7 +85,7 @@ class Dataplane(Protocol):
     def listener_state(self) -> tuple[dict[str, int], dict[str, str]]:
         """(running listener -> bound port, failed listener -> reason)."""
 
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> StatsSnapshot: ...
 
     async def wait_idle(self) -> None:
         """Return once no allocation is left."""
@@ -163,9 +164,9 @@ class LocalDataplane:
         bound = {name: lst.port for name, lst in self.server.listeners.items()}
         return bound, dict(self.server.failed_listeners)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> StatsSnapshot:
         if self.server is None:
-            return {"allocations": 0, "listeners": {}, "clusters": {}}
+            return StatsSnapshot()
         return self.server.stats()
 
     async def wait_idle(self) -> None:

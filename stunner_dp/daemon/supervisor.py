@@ -9,9 +9,10 @@ endpoint reads `Supervisor.stats()`. The supervisor itself relays nothing:
   secret (a nonce from any worker is good at any other);
 - it sends every config to every worker as the config dict (the difference is applied in each
   worker) together with the STRICT_DNS answers, which it resolves once for all;
-- workers report a stats snapshot every second and when asked (`refresh()`, before each
-  scrape); `stats()` is the sum. A dead worker's counters are kept (as last reported), its
-  gauges (allocations, connections) dropped, so the summed counters never go down;
+- workers report a stats snapshot (a `StatsSnapshot`, stunner_dp.observe.stats) every second
+  and when asked (`refresh()`, before each scrape); `stats()` is the sum
+  (`StatsSnapshot.merge`). A dead worker's counters are kept (as last reported), its gauges
+  (allocations, connections) dropped, so the summed counters never go down;
 - a worker that dies is logged and restarted (its allocations are lost, the others go on);
 - draining (SIGTERM in the daemon) is forwarded to every worker as a message: new Allocates
   get 300 Try Alternate when an alternate server is set, existing allocations go on;
@@ -29,18 +30,18 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stunner_dp.config import StunnerConfig
 from stunner_dp.daemon.pipe import read_frame, write_frame
 from stunner_dp.net.dns import DEFAULT_INTERVAL, Resolved, StrictDnsResolver
 from stunner_dp.observe.logs import get_logger
+from stunner_dp.observe.stats import StatsSnapshot, WorkersStats, WorkerStats
 from stunner_dp.turn.access import strict_dns_hosts
 from stunner_dp.turn.types import Addr
 
-__all__ = ["Supervisor", "sum_stats"]
+__all__ = ["Supervisor"]
 
 log = get_logger("stunner")
 
@@ -51,56 +52,13 @@ RESTART_DELAY = 0.5  # first restart delay; doubled while a worker keeps dying y
 MAX_RESTART_DELAY = 10.0
 STABLE_AFTER = 10.0  # a worker that lived this long is "stable": restart delay resets
 
-# Listener fields that are gauges: a dead worker's values are dropped, not kept.
-GAUGES = frozenset({"connections", "streams"})
-# Server-wide counters of a snapshot (summed like the rows).
-SERVER_COUNTERS = ("auth_failures", "auth_locked", "rate_limited", "malformed")
-
-
-def _add_rows(into: dict[str, dict[str, int]], rows: Mapping[str, Mapping[str, int]]) -> None:
-    for name, row in rows.items():
-        target = into.setdefault(name, {})
-        for key, value in row.items():
-            if key == "streams":
-                target[key] = max(target.get(key, 0), int(value))
-            else:
-                target[key] = target.get(key, 0) + int(value)
-
-
-def sum_stats(snapshots: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """The sum of `Server.stats()` snapshots (listener/cluster rows added field by field)."""
-    listeners: dict[str, dict[str, int]] = {}
-    clusters: dict[str, dict[str, int]] = {}
-    totals = dict.fromkeys(("allocations", *SERVER_COUNTERS), 0)
-    for snap in snapshots:
-        for key in totals:
-            totals[key] += int(snap.get(key, 0))
-        _add_rows(listeners, snap.get("listeners", {}))
-        _add_rows(clusters, snap.get("clusters", {}))
-    return {**totals, "listeners": listeners, "clusters": clusters}
-
-
-def _counters_only(snap: Mapping[str, Any]) -> dict[str, Any]:
-    """What of a dead worker's snapshot stays: its counters, with gauges at zero."""
-    listeners = {
-        name: {k: (0 if k in GAUGES else v) for k, v in row.items()}
-        for name, row in snap.get("listeners", {}).items()
-    }
-    counters = {key: int(snap.get(key, 0)) for key in SERVER_COUNTERS}
-    return {
-        "allocations": 0,
-        **counters,
-        "listeners": listeners,
-        "clusters": dict(snap.get("clusters", {})),
-    }
-
 
 @dataclass(eq=False)
 class WorkerSlot:
     index: int
     process: asyncio.subprocess.Process | None = None
     writer: asyncio.StreamWriter | None = None
-    stats: dict[str, Any] | None = None
+    stats: StatsSnapshot | None = None
     listeners: dict[str, int] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     started_at: float = 0.0
@@ -151,7 +109,7 @@ class Supervisor:
         self._draining = False
         self._stopping = False
         self._running = False
-        self._retired: dict[str, Any] = sum_stats([])
+        self._retired = StatsSnapshot()  # the counters of workers that died
         self._next_id = 0
 
     # -- Dataplane ----------------------------------------------------------------------------
@@ -162,7 +120,7 @@ class Supervisor:
 
     @property
     def allocation_count(self) -> int:
-        return int(self.stats()["allocations"])
+        return self.stats().server.allocations
 
     async def start(self, config: StunnerConfig) -> None:
         """Start every worker; RuntimeError when they cannot serve `config`."""
@@ -217,17 +175,18 @@ class Supervisor:
             bound.pop(name, None)  # failed in one worker: say so
         return bound, failed
 
-    def stats(self) -> dict[str, Any]:
-        live = [s.stats for s in self.slots if s.alive and s.stats is not None]
-        total = sum_stats([self._retired, *live])
-        total["workers"] = sum(1 for s in self.slots if s.alive)
-        total["worker_restarts"] = self.restarts
-        total["per_worker"] = {
-            str(s.index): {"pid": s.pid, "allocations": int(s.stats.get("allocations", 0))}
-            for s in self.slots
-            if s.alive and s.stats is not None
-        }
-        return total
+    def stats(self) -> StatsSnapshot:
+        live = [(s, s.stats) for s in self.slots if s.alive and s.stats is not None]
+        total = StatsSnapshot.merge([self._retired, *(stats for _, stats in live)])
+        workers = WorkersStats(
+            running=sum(1 for s in self.slots if s.alive),
+            restarts=self.restarts,
+            per_worker={
+                str(s.index): WorkerStats(pid=s.pid, allocations=stats.server.allocations)
+                for s, stats in live
+            },
+        )
+        return replace(total, workers=workers)
 
     async def refresh(self) -> None:
         """Ask every live worker for a fresh snapshot (before a scrape)."""
@@ -314,7 +273,7 @@ class Supervisor:
             raise RuntimeError(f"worker {slot.index}: {ready.get('error')}")
         slot.listeners = dict(ready.get("listeners", {}))
         slot.failed = dict(ready.get("failed", {}))
-        slot.stats = ready.get("stats")
+        slot.stats = self._decode_stats(slot, ready.get("stats"))
         if self.config is not None and (self.config, self._resolved()) != sent[:2]:
             write_frame(
                 writer,
@@ -323,6 +282,18 @@ class Supervisor:
         if self._draining != sent[2]:
             write_frame(writer, {"type": "draining", "value": self._draining})
         log.info("worker started", worker=slot.index, pid=process.pid)
+
+    @staticmethod
+    def _decode_stats(slot: WorkerSlot, data: Any) -> StatsSnapshot | None:
+        """A worker's snapshot from its frame (fields a newer worker adds are ignored); a
+        snapshot that cannot be read leaves the last one."""
+        if data is None:
+            return None
+        try:
+            return StatsSnapshot.from_dict(data)
+        except ValueError as exc:
+            log.error("worker sent bad stats", worker=slot.index, error=str(exc))
+            return slot.stats
 
     async def _read(self, slot: WorkerSlot, reader: asyncio.StreamReader) -> None:
         while True:
@@ -339,7 +310,7 @@ class Supervisor:
                     slot.ready.set_result(frame)
                 continue
             if kind == "stats":
-                slot.stats = frame.get("stats")
+                slot.stats = self._decode_stats(slot, frame.get("stats"))
             if "listeners" in frame:
                 slot.listeners = dict(frame["listeners"])
                 slot.failed = dict(frame.get("failed", {}))
@@ -359,9 +330,9 @@ class Supervisor:
             slot.writer.close()
         if self._stopping or not self._running or slot.restarting:
             return
-        lost = int((slot.stats or {}).get("allocations", 0))
+        lost = slot.stats.server.allocations if slot.stats is not None else 0
         if slot.stats is not None:
-            self._retired = sum_stats([self._retired, _counters_only(slot.stats)])
+            self._retired = StatsSnapshot.merge([self._retired, slot.stats.counters_only()])
         slot.stats = None
         if self._draining and code == 0:
             log.info("worker drained and exited", worker=slot.index, pid=process.pid)

@@ -76,7 +76,7 @@ class Worker:
             await self.writer.drain()
             return 1
         self.server = server
-        self.send({"type": "ready", **_listener_state(server), "stats": server.stats()})
+        self.send({"type": "ready", **_listener_state(server), "stats": server.stats().to_dict()})
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
         reporter = loop.create_task(self._report_forever())
@@ -93,7 +93,7 @@ class Worker:
         assert server is not None
         kind = frame.get("type")
         if kind == "stats":
-            self.send({"type": "stats", "id": frame.get("id"), "stats": server.stats()})
+            self.send({"type": "stats", "id": frame.get("id"), "stats": server.stats().to_dict()})
         elif kind == "config":
             error = ""
             try:
@@ -119,7 +119,7 @@ class Worker:
         assert server is not None
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            self.send({"type": "stats", "stats": server.stats()})
+            self.send({"type": "stats", "stats": server.stats().to_dict()})
             with contextlib.suppress(ConnectionError):
                 await self.writer.drain()
             if self.self_draining and server.allocation_count == 0:

@@ -18,6 +18,7 @@ from typing import Any
 from stunner_dp.config import ListenerConfig, StunnerConfig, diff_configs, parse_config
 from stunner_dp.observe.events_log import log_event
 from stunner_dp.observe.logs import get_logger
+from stunner_dp.observe.stats import ClusterStats, ListenerStats, ServerStats, StatsSnapshot
 from stunner_dp.turn import events as ev
 from stunner_dp.turn.access import PeerAccess
 from stunner_dp.turn.allocation import Traffic
@@ -286,73 +287,81 @@ class Server:
         self._turn.expire(now)
         self.process_events()
 
-    def stats(self) -> dict[str, Any]:
-        """A snapshot of every counter, as plain data (a worker process sends it to the
-        supervisor as it is). Listener figures are wire bytes: STUN messages as sent, ChannelData
-        with its 4-byte header (stream padding not counted); cluster figures are payload bytes,
-        `rx` from peers and `tx` to peers."""
+    def stats(self) -> StatsSnapshot:
+        """A snapshot of every counter (a worker process sends it to the supervisor as
+        `to_dict()`). Listener figures are wire bytes: STUN messages as sent, ChannelData with
+        its 4-byte header (stream padding not counted); cluster figures are payload bytes, `rx`
+        from peers and `tx` to peers."""
         turn, relays = self.turn, self.relays
-        listeners: dict[str, dict[str, int]] = {}
-        clusters: dict[str, dict[str, int]] = {}
         if turn is None or relays is None:
-            return {"allocations": 0, "listeners": listeners, "clusters": clusters}
-
-        def listener_row(name: str) -> dict[str, int]:
-            if name not in listeners:
-                c = relays.counters.get(name) or ListenerCounters()
-                lst = self.listeners.get(name)
-                streams = isinstance(lst, StreamListener)
-                listeners[name] = {
-                    "rx_packets": c.rx_packets,
-                    "rx_bytes": c.rx_bytes,
-                    "tx_packets": c.tx_packets,
-                    "tx_bytes": c.tx_bytes,
-                    "dropped": c.dropped,
-                    # a stopped listener: what its allocations and counters say
-                    "connections": lst.connections_open
-                    if lst is not None
-                    else len(turn.allocations.get(name, {})),
-                    "connections_total": lst.connections_total
-                    if lst is not None
-                    else c.allocations_total,
-                    "streams": int(streams),
-                }
-            return listeners[name]
+            return StatsSnapshot()
+        # relayed traffic per listener (framed: ChannelData) and per cluster, as
+        # [rx_packets, rx_bytes, tx_packets, tx_bytes]
+        framed: dict[str, list[int] | None] = dict.fromkeys(relays.counters)
+        clusters: dict[str, list[int]] = {}
 
         def add(listener: str, t: Traffic) -> None:
-            row = listener_row(listener)
-            cl = clusters.setdefault(
-                t.cluster or "",
-                dict.fromkeys(("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"), 0),
-            )
-            cl["tx_packets"] += t.out_packets
-            cl["tx_bytes"] += t.out_bytes
-            cl["rx_packets"] += t.in_packets
-            cl["rx_bytes"] += t.in_bytes
+            row = framed.get(listener)
+            if row is None:
+                row = framed[listener] = [0, 0, 0, 0]
+            cl = clusters.get(t.cluster or "")
+            if cl is None:
+                cl = clusters[t.cluster or ""] = [0, 0, 0, 0]
+            cl[0] += t.in_packets
+            cl[1] += t.in_bytes
+            cl[2] += t.out_packets
+            cl[3] += t.out_bytes
             if t.framed:  # Send/Data indications are already in the control counters
-                row["rx_packets"] += t.out_packets
-                row["rx_bytes"] += t.out_bytes + 4 * t.out_packets
-                row["tx_packets"] += t.in_packets
-                row["tx_bytes"] += t.in_bytes + 4 * t.in_packets
+                row[0] += t.out_packets
+                row[1] += t.out_bytes + 4 * t.out_packets
+                row[2] += t.in_packets
+                row[3] += t.in_bytes + 4 * t.in_packets
 
-        for name in relays.counters:
-            listener_row(name)
         for (listener, _, _), t in turn.retired.items():
             add(listener, t)
         for alloc in turn.all_allocations():
             for t in alloc.traffic():
                 add(alloc.listener, t)
+
+        def listener_stats(name: str, relayed: list[int] | None) -> ListenerStats:
+            c = relays.counters.get(name) or ListenerCounters()
+            lst = self.listeners.get(name)
+            rx_packets, rx_bytes, tx_packets, tx_bytes = relayed or (0, 0, 0, 0)
+            return ListenerStats(
+                rx_packets=c.rx_packets + rx_packets,
+                rx_bytes=c.rx_bytes + rx_bytes,
+                tx_packets=c.tx_packets + tx_packets,
+                tx_bytes=c.tx_bytes + tx_bytes,
+                dropped=c.dropped,
+                # a stopped listener: what its allocations and counters say
+                connections=lst.connections_open
+                if lst is not None
+                else len(turn.allocations.get(name, {})),
+                connections_total=lst.connections_total if lst is not None else c.allocations_total,
+                streams=isinstance(lst, StreamListener),
+            )
+
         clusters.pop("", None)
-        return {
-            "allocations": turn.allocation_count,
-            "listeners": listeners,
-            "clusters": clusters,
-            # abuse counters of the state machine, server-wide
-            "auth_failures": turn.auth_failures,
-            "auth_locked": turn.auth_locked,
-            "rate_limited": turn.rate_limited,
-            "malformed": turn.malformed,
-        }
+        return StatsSnapshot(
+            listeners={name: listener_stats(name, relayed) for name, relayed in framed.items()},
+            clusters={
+                name: ClusterStats(
+                    rx_packets=rx_packets,
+                    rx_bytes=rx_bytes,
+                    tx_packets=tx_packets,
+                    tx_bytes=tx_bytes,
+                )
+                for name, (rx_packets, rx_bytes, tx_packets, tx_bytes) in clusters.items()
+            },
+            server=ServerStats(
+                allocations=turn.allocation_count,
+                # abuse counters of the state machine
+                auth_failures=turn.auth_failures,
+                auth_locked=turn.auth_locked,
+                rate_limited=turn.rate_limited,
+                malformed=turn.malformed,
+            ),
+        )
 
     def process_events(self) -> None:
         turn = self._turn

@@ -1,9 +1,10 @@
 """Prometheus metrics: read at scrape time from a stats snapshot, served over HTTP.
 
 The packet path counts in plain integers (see `Server.stats()`); nothing here runs per packet.
-A scrape calls the snapshot function once and turns the plain data into metric families, so
-one collector serves a single server (`Server.stats`) and a supervisor summing its workers
-(`Supervisor.stats`) alike.
+A scrape calls the snapshot function once and turns the `StatsSnapshot` into metric families
+by walking its types (stunner_dp.observe.stats: each field names its metric), so one collector
+serves a single server (`Server.stats`) and a supervisor summing its workers
+(`Supervisor.stats`) alike, and a field added there is exported with no edit here.
 
 What each metric means (all counters are monotonic over the life of the process; a listener
 restarted by a reconfiguration keeps its counters):
@@ -50,7 +51,8 @@ process metrics carry the prefix ``stunner_worker_`` and a ``worker`` label.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -61,6 +63,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from stunner_dp.observe.http import HttpEndpoints, parse_http_endpoint
 from stunner_dp.observe.logs import get_logger
+from stunner_dp.observe.stats import Figures, Kind, StatsSnapshot, figure, widest
 
 __all__ = [
     "DEFAULT_METRICS_PATH",
@@ -74,7 +77,7 @@ __all__ = [
     "start_metrics",
 ]
 
-StatsSource = Callable[[], Mapping[str, Any]]
+StatsSource = Callable[[], StatsSnapshot]
 Refresh = Callable[[], Awaitable[None]]
 
 DEFAULT_METRICS_PORT = 8080
@@ -87,140 +90,92 @@ REFRESH_TIMEOUT = 1.0  # seconds a scrape waits for fresh worker figures
 
 log = get_logger("metrics")
 
-# (stats key, metric family, help): server-wide counters of the state machine
-SERVER_COUNTERS = (
-    (
-        "auth_failures",
-        "stunner_auth_failures",
-        "Signed requests whose credentials were refused (unknown user, wrong password, "
-        "expired ephemeral username)",
-    ),
-    (
-        "auth_locked",
-        "stunner_auth_locked",
-        "Requests answered 401 unchecked because their user had too many failures",
-    ),
-    (
-        "rate_limited",
-        "stunner_rate_limited_requests",
-        "Requests dropped unanswered by the per-IP limit on unauthenticated answers",
-    ),
-    (
-        "malformed",
-        "stunner_malformed_packets",
-        "Packets from clients that were neither valid STUN nor valid ChannelData",
-    ),
-)
-LISTENER_DIRECTIONS = (("rx", "rx_packets", "rx_bytes"), ("tx", "tx_packets", "tx_bytes"))
-
 
 class StatsCollector:
-    """A prometheus_client collector over a stats snapshot (the shape of `Server.stats()`)."""
+    """A prometheus_client collector over a `StatsSnapshot` (`Server.stats()`,
+    `Supervisor.stats()`). The metrics follow from the snapshot's types: every counter and
+    gauge field with a metric name in its `Figure` is exported (rows labelled by their name),
+    a field with a `total` also as its sum over the rows, so a field added to a stats class
+    shows here with no other edit."""
 
     def __init__(self, source: StatsSource) -> None:
         self._source = source
 
     def collect(self) -> Iterator[Metric]:
-        stats = self._source()
-        listeners: Mapping[str, Mapping[str, int]] = stats.get("listeners", {})
-        clusters: Mapping[str, Mapping[str, int]] = stats.get("clusters", {})
+        families = _Families()
+        snapshot = self._source()
+        families.export(snapshot, type(snapshot), (), ())
+        yield from families.by_key.values()
 
-        l_packets = CounterMetricFamily(
-            "stunner_listener_packets",
-            "STUN and ChannelData messages between clients and a listener",
-            labels=["name", "direction"],
-        )
-        l_bytes = CounterMetricFamily(
-            "stunner_listener_bytes",
-            "Wire bytes of STUN and ChannelData messages between clients and a listener",
-            labels=["name", "direction"],
-        )
-        l_conn_total = CounterMetricFamily(
-            "stunner_listener_connections",
-            "TCP/TLS connections accepted, DTLS handshakes completed, or UDP allocations created",
-            labels=["name"],
-        )
-        l_conn = GaugeMetricFamily(
-            "stunner_listener_connections",
-            "Open TCP/TLS connections, DTLS associations, or live UDP allocations",
-            labels=["name"],
-        )
-        l_dropped = CounterMetricFamily(
-            "stunner_listener_dropped_packets",
-            "Packets from or to the clients of a listener that were dropped",
-            labels=["name"],
-        )
-        rx_sum = tx_sum = conn_sum = 0
-        for name, row in sorted(listeners.items()):
-            for direction, packets, size in LISTENER_DIRECTIONS:
-                l_packets.add_metric([name, direction], row.get(packets, 0))
-                l_bytes.add_metric([name, direction], row.get(size, 0))
-            l_conn_total.add_metric([name], row.get("connections_total", 0))
-            l_conn.add_metric([name], row.get("connections", 0))
-            l_dropped.add_metric([name], row.get("dropped", 0))
-            rx_sum += row.get("rx_bytes", 0)
-            tx_sum += row.get("tx_bytes", 0)
-            conn_sum += row.get("connections_total", 0)
-        yield from (l_packets, l_bytes, l_conn_total, l_conn, l_dropped)
 
-        c_packets = CounterMetricFamily(
-            "stunner_cluster_packets",
-            "Relayed UDP datagrams between clients and the peers of a cluster "
-            "(tx: to peers, rx: from peers)",
-            labels=["name", "direction"],
-        )
-        c_bytes = CounterMetricFamily(
-            "stunner_cluster_bytes",
-            "Relayed UDP payload bytes between clients and the peers of a cluster "
-            "(tx: to peers, rx: from peers)",
-            labels=["name", "direction"],
-        )
-        for name, row in sorted(clusters.items()):
-            for direction, packets, size in LISTENER_DIRECTIONS:
-                c_packets.add_metric([name, direction], row.get(packets, 0))
-                c_bytes.add_metric([name, direction], row.get(size, 0))
-        yield from (c_packets, c_bytes)
+class _Families:
+    """Metric families by (name, kind), in the order the fields declare them."""
 
-        yield GaugeMetricFamily(
-            "stunner_allocations_active", "Live TURN allocations", stats.get("allocations", 0)
-        )
-        yield CounterMetricFamily(
-            "stunner_bytes_received",
-            "Bytes received from clients: sum of stunner_listener_bytes_total{direction=rx}",
-            rx_sum,
-        )
-        yield CounterMetricFamily(
-            "stunner_bytes_sent",
-            "Bytes sent to clients: sum of stunner_listener_bytes_total{direction=tx}",
-            tx_sum,
-        )
-        yield CounterMetricFamily(
-            "stunner_connections",
-            "Client connections: sum of stunner_listener_connections_total over listeners",
-            conn_sum,
-        )
-        for key, metric, doc in SERVER_COUNTERS:
-            yield CounterMetricFamily(metric, doc, stats.get(key, 0))
-        if "workers" in stats:
-            yield GaugeMetricFamily("stunner_workers", "Worker processes running", stats["workers"])
-            yield CounterMetricFamily(
-                "stunner_worker_restarts",
-                "Worker processes restarted after they died",
-                stats.get("worker_restarts", 0),
-            )
-            per_worker: Mapping[str, Mapping[str, int]] = stats.get("per_worker", {})
-            info = GaugeMetricFamily(
-                "stunner_worker_info", "A live worker process", labels=["worker", "pid"]
-            )
-            allocs = GaugeMetricFamily(
-                "stunner_worker_allocations_active",
-                "Live TURN allocations of one worker",
-                labels=["worker"],
-            )
-            for worker, row in sorted(per_worker.items()):
-                info.add_metric([worker, str(row.get("pid", 0))], 1)
-                allocs.add_metric([worker], row.get("allocations", 0))
-            yield from (info, allocs)
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[str, Kind], CounterMetricFamily | GaugeMetricFamily] = {}
+
+    def family(
+        self, metric: str, doc: str, kind: Kind, labels: Sequence[str]
+    ) -> CounterMetricFamily | GaugeMetricFamily:
+        key = (metric, kind)
+        fam = self.by_key.get(key)
+        if fam is None:
+            cls = CounterMetricFamily if kind is Kind.COUNTER else GaugeMetricFamily
+            fam = self.by_key[key] = cls(metric, doc, labels=list(labels))
+        return fam
+
+    def export(
+        self,
+        value: Figures | None,
+        cls: type[Figures],
+        names: tuple[str, ...],
+        labels: tuple[str, ...],
+    ) -> None:
+        """The fields of `cls` as families (declared even when `value` is None: no rows),
+        with `value`'s figures as samples labelled `names`=`labels`."""
+        for f in dataclasses.fields(cls):
+            fig = figure(f)
+            kind = fig.kind
+            if kind is Kind.COUNTER or kind is Kind.GAUGE:
+                if not fig.metric:
+                    continue
+                fam = self.family(fig.metric, fig.help, kind, [*names, *(k for k, _ in fig.labels)])
+                if value is not None:
+                    figure_labels = [*labels, *(v for _, v in fig.labels)]
+                    fam.add_metric(figure_labels, _number(value, f))
+            elif kind is Kind.LABEL:
+                if not fig.metric:
+                    continue
+                fam = self.family(fig.metric, fig.help, Kind.GAUGE, [*names, f.name])
+                if value is not None:
+                    fam.add_metric([*labels, str(_number(value, f))], 1)
+            elif kind is Kind.ROWS:
+                assert fig.of is not None
+                table: Mapping[str, Figures] = {} if value is None else getattr(value, f.name, {})
+                of = widest(fig.of, table.values())
+                inner = (*names, fig.row_label)
+                self.export(None, of, inner, ())
+                for name, row in sorted(table.items()):
+                    self.export(row, of, inner, (*labels, name))
+                for g in dataclasses.fields(of):
+                    sub = figure(g)
+                    if sub.total is not None and value is not None:
+                        total = sum(_number(row, g) for row in table.values())
+                        fam = self.family(*sub.total, sub.kind, names)
+                        fam.add_metric(list(labels), total)
+            elif kind is Kind.PART or kind is Kind.LOCAL:
+                assert fig.of is not None
+                nested = getattr(value, f.name, None)
+                if nested is not None:
+                    self.export(nested, widest(fig.of, [nested]), names, labels)
+                elif kind is Kind.PART:
+                    self.export(None, fig.of, names, labels)
+
+
+def _number(value: Figures, f: dataclasses.Field[Any]) -> int:
+    """`value`'s figure `f`; its default when `value` is of an older class without it."""
+    got: Any = getattr(value, f.name) if hasattr(value, f.name) else f.default
+    return int(got)
 
 
 class WorkerProcessCollector:

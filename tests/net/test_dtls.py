@@ -103,9 +103,9 @@ async def test_uclient_dtls(
     async with secure_server(cert, DTLS) as srv:
         summary = await run_uclient(srv.port, turn_peer, *flags)
         assert_no_loss(summary, expected)
-        stats = srv.server.stats()["listeners"]["dtls-listener"]
-        assert stats["connections_total"] >= 1
-        assert stats["rx_packets"] > 0 and stats["tx_packets"] > 0
+        stats = srv.server.stats().listeners["dtls-listener"]
+        assert stats.connections_total >= 1
+        assert stats.rx_packets > 0 and stats.tx_packets > 0
 
 
 # -- our own client -----------------------------------------------------------------------------
@@ -129,9 +129,9 @@ async def test_allocate_relay_and_close_notify(cert: CertPair) -> None:
                 resp.get(stun.ATTR_XOR_MAPPED_ADDRESS) or b"", resp.transaction_id
             )
             assert mapped == client.local_address
-            stats = srv.server.stats()["listeners"]["dtls-listener"]
-            assert stats["connections"] == 1 and stats["connections_total"] == 1
-            assert stats["rx_packets"] >= 5 and stats["tx_packets"] >= 5
+            stats = srv.server.stats().listeners["dtls-listener"]
+            assert stats.connections == 1 and stats.connections_total == 1
+            assert stats.rx_packets >= 5 and stats.tx_packets >= 5
             assert lst.cookies_sent >= 1  # the handshake went through the cookie exchange
             client.close_notify()
             # the association is gone and so is the allocation made over it
@@ -394,9 +394,9 @@ async def test_probe_over_dtls(cert: CertPair) -> None:
         assert out.strip().splitlines()[-1].startswith("OK"), out
         assert srv.server.allocation_count == 0  # the probe deleted its allocation ...
         assert await until(lambda: not lst.connections)  # ... and sent a close_notify
-        stats = srv.server.stats()["listeners"]["dtls-listener"]
-        assert stats["connections_total"] == 1
-        assert stats["rx_packets"] >= 6  # binding, two allocates, permission, bind, refresh
+        stats = srv.server.stats().listeners["dtls-listener"]
+        assert stats.connections_total == 1
+        assert stats.rx_packets >= 6  # binding, two allocates, permission, bind, refresh
 
         # without --insecure the self-signed certificate is refused, and the probe says why
         code, out = await run_probe(uri)

@@ -36,9 +36,9 @@ async def test_probe_over_tls(cert: CertPair) -> None:
         low, high = srv.low_high
         relay_port = int(out.split("relay address 127.0.0.1:")[1].split(",")[0])
         assert low <= relay_port <= high, out
-        stats = srv.server.stats()["listeners"]["tls-listener"]
-        assert stats["connections_total"] >= 1
-        assert stats["rx_packets"] >= 5  # binding, two allocates, permission, bind, ...
+        stats = srv.server.stats().listeners["tls-listener"]
+        assert stats.connections_total >= 1
+        assert stats.rx_packets >= 5  # binding, two allocates, permission, bind, ...
         # without --insecure the self-signed certificate is refused, and the probe says why
         code, out = await run_probe(uri)
         assert code != 0
@@ -84,7 +84,7 @@ async def test_uclient_tls(cert: CertPair, turn_peer: int, flags: list[str], exp
     async with secure_server(cert) as srv:
         summary = await run_uclient(srv.port, turn_peer, *flags)
         assert_no_loss(summary, expected)
-        assert srv.server.stats()["listeners"]["tls-listener"]["connections_total"] >= 1
+        assert srv.server.stats().listeners["tls-listener"].connections_total >= 1
 
 
 async def test_plain_tcp_to_tls_port_does_not_disturb(cert: CertPair) -> None:

@@ -3,8 +3,6 @@ exposition with prometheus_client's parser and check every STUNner figure exactl
 
 from __future__ import annotations
 
-from typing import Any
-
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,6 +11,7 @@ from stunner_dp import stun
 from stunner_dp.client.turn import TurnClient, error_code
 from stunner_dp.observe.http import HttpEndpoints
 from stunner_dp.observe.metrics import MetricsServer, StatsCollector
+from stunner_dp.observe.stats import ListenerStats, ServerStats, StatsSnapshot, WorkersStats
 from stunner_dp.testing import start_turn_server, udp_echo_peer
 
 N = 25  # ChannelData messages each way
@@ -175,7 +174,7 @@ async def test_listener_counters_never_go_down() -> None:
 async def test_endpoint_off_moved_and_shared() -> None:
     """ "" serves nothing; a new URL moves the endpoint; another path on the same port (as the
     health endpoints would be) keeps working beside it."""
-    stats: dict[str, Any] = {"allocations": 7, "listeners": {}, "clusters": {}}
+    stats = StatsSnapshot(server=ServerStats(allocations=7))
     endpoints = HttpEndpoints()
     try:
         metrics = MetricsServer(endpoints, lambda: stats)
@@ -203,16 +202,14 @@ async def test_endpoint_off_moved_and_shared() -> None:
 
 def test_worker_figures_and_sums() -> None:
     """A supervisor's snapshot (workers, restarts) is exposed; sums follow the listener rows."""
-    stats = {
-        "allocations": 2,
-        "workers": 3,
-        "worker_restarts": 1,
-        "listeners": {
-            "a": {"rx_bytes": 10, "tx_bytes": 20, "connections_total": 4},
-            "b": {"rx_bytes": 1, "tx_bytes": 2, "connections_total": 5},
+    stats = StatsSnapshot(
+        server=ServerStats(allocations=2),
+        workers=WorkersStats(running=3, restarts=1),
+        listeners={
+            "a": ListenerStats(rx_bytes=10, tx_bytes=20, connections_total=4),
+            "b": ListenerStats(rx_bytes=1, tx_bytes=2, connections_total=5),
         },
-        "clusters": {},
-    }
+    )
     families = {
         (f.name, f.type): f.samples[0].value
         for f in StatsCollector(lambda: stats).collect()
