@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,8 @@ def load_docs(path: Path) -> list[Doc]:
 
 
 def manifest_files() -> list[Path]:
-    files = sorted(KUBE.glob("*.yaml")) + sorted(OPERATOR.glob("*.yaml"))
+    files = sorted(KUBE.glob("*.yaml")) + sorted(KUBE.glob("components/*/*.yaml"))
+    files += sorted(OPERATOR.glob("*.yaml"))
     return [f for f in files if f.name != "kustomization.yaml"]
 
 
@@ -114,10 +117,68 @@ def test_kustomization_lists_the_manifests() -> None:
     for name in resources:
         assert (KUBE / name).is_file(), name
     on_disk = {p.name for p in KUBE.glob("*.yaml")} - {"kustomization.yaml"}
-    # scaledobject.yaml replaces hpa.yaml with KEDA: both on one Deployment would fight
-    assert set(resources) == on_disk - {"scaledobject.yaml"}
+    assert set(resources) == on_disk
+    for component in COMPONENTS:
+        comp = yaml.safe_load((KUBE / "components" / component / "kustomization.yaml").read_text())
+        assert comp["kind"] == "Component"
+        assert comp["namespace"] == kust["namespace"]
+        assert comp["labels"] == kust["labels"]
+        on_disk = {p.name for p in (KUBE / "components" / component).glob("*.yaml")}
+        assert set(comp["resources"]) == on_disk - {"kustomization.yaml"}
     image = one("Deployment", "stunner-dp")["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.split(":")[0] in {i["name"] for i in kust["images"]}
+
+
+# --- kubectl kustomize: the default set runs on a bare cluster, each option adds its kind ----
+
+COMPONENTS = {  # component -> the kind it adds (a CRD kind or an add-on's)
+    "servicemonitor": "ServiceMonitor",
+    "hpa": "HorizontalPodAutoscaler",
+    "keda": "ScaledObject",
+}
+CORE_API_VERSIONS = {"v1", "apps/v1", "policy/v1"}
+OPTIONS = [(), ("servicemonitor",), ("hpa",), ("keda",), ("servicemonitor", "hpa")]
+
+
+def kustomize(tmp_path: Path, components: tuple[str, ...]) -> list[Doc]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        if os.environ.get("CI"):
+            pytest.fail("kubectl is missing: CI must render the kustomizations")
+        pytest.skip("kubectl is not installed")
+    target = KUBE
+    if components:  # an overlay of the user's own, as the kustomization's comment shows
+        base = os.path.relpath(KUBE, tmp_path)
+        overlay = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [base],
+            "components": [f"{base}/components/{c}" for c in components],
+        }
+        (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+        target = tmp_path
+    out = subprocess.run(
+        [kubectl, "kustomize", str(target)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.mark.parametrize("components", OPTIONS, ids=lambda c: "+".join(c) or "default")
+def test_kustomize_renders_the_default_and_each_option(
+    tmp_path: Path, components: tuple[str, ...]
+) -> None:
+    docs = kustomize(tmp_path, components)
+    extra = [d for d in docs if d["apiVersion"] not in CORE_API_VERSIONS]
+    assert sorted(d["kind"] for d in extra) == sorted(COMPONENTS[c] for c in components)
+    base_kinds = {"Namespace", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget"}
+    assert {d["kind"] for d in docs} - {COMPONENTS[c] for c in components} == base_kinds
+    for d in docs:
+        assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "stunner-dp", d["kind"]
+        if d["kind"] != "Namespace":
+            assert d["metadata"]["namespace"] == "stunner", d["kind"]
+        if (d["apiVersion"], d["kind"]) not in CUSTOM:
+            validate_core(d, K8S_VERSIONS[-1])
 
 
 # --- Custom Resources: structure, and their core-typed parts against the core schemas -------
