@@ -36,7 +36,10 @@ duplicate key).
 dies with its fd, so a SIGKILLed server leaves nothing forwarding. Where tcx is missing, a
 classic clsact filter with our own handle/priority (:data:`TC_HANDLE`, :data:`TC_PRIORITY`) is
 used; such a filter survives its process, so :meth:`OffloadEngine.load` removes stale ones
-first and :meth:`close` removes its own. One engine per network namespace.
+first and :meth:`close` removes its own. One engine per network namespace; interfaces are
+resolved in the calling thread's namespace, and a classic-tc engine must be closed from that
+namespace too (tcx links are fds and need no such care). Link fds are O_CLOEXEC, but a
+``fork()`` without exec would inherit them and keep the program attached.
 
 **Delivery**: on ``lo`` the rewritten packet continues up the stack (TC_ACT_OK); elsewhere the
 program asks the FIB and redirects to the egress device (``bpf_redirect`` or

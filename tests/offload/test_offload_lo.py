@@ -26,7 +26,7 @@ from conftest import (
     udp_socket,
 )
 
-from stunner_dp.offload import OffloadEngine, OffloadError
+from stunner_dp.offload import ChannelHandle, OffloadEngine, OffloadError
 
 CH = 0x4001
 
@@ -57,7 +57,7 @@ class Lo:
         else:
             self.peer.sendto(data, self.addr(self.relay))
 
-    def install(self, engine: OffloadEngine, channel: int = CH):  # type: ignore[no-untyped-def]
+    def install(self, engine: OffloadEngine, channel: int = CH) -> ChannelHandle:
         return engine.add_channel(self.addr(self.client), self.addr(self.listener), channel,
                                   self.addr(self.relay), self.addr(self.peer))
 
