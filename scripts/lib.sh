@@ -54,3 +54,19 @@ ensure_venv() {
 pip_install() {
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$@"
 }
+
+# Install "$@" (editable) unless the same request was installed from the same pyproject.toml
+# before: the code itself is an editable install, so only a new pyproject (dependencies,
+# entry points) or another extra needs pip again. A stamp in the venv remembers the last one.
+pip_install_once() {
+    local stamp want
+    stamp="$VENV/.stunner-dp-installed-$(printf '%s' "$*" | sha256sum | cut -c1-12)"
+    want="$(sha256sum <"$REPO/pyproject.toml" | cut -d' ' -f1)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        echo ">> stunner-dp is installed in $VENV (pyproject.toml unchanged)"
+        return 0
+    fi
+    echo ">> installing stunner-dp into $VENV"
+    pip_install "$@"
+    echo "$want" >"$stamp"
+}
