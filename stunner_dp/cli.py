@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -19,18 +20,22 @@ log = get_logger("stunner")
 
 
 def stunnerd_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    """stunnerd's flags, every one of them (cmd/stunnerd/main.go and the Kubernetes and CDS
+    discovery flags it adds), plus stunner-dp's own (--alternate-server, --grace-period,
+    --version). `parse_args` takes pflag's spellings too (`--watch=false`, `-u=16`)."""
+    p = PflagParser(
         prog="stunnerd", description="stunner-dp: a TURN/STUN server, drop-in dataplane for STUNner"
     )
     p.add_argument(
         "uri", nargs="?", help="quick start: turn://USER:PASS@ADDR:PORT?transport=udp|tcp"
     )
     p.add_argument(
-        "-c", "--config", help="config origin: PATH, file://PATH or http://HOST:PORT (CDS)"
+        "-c",
+        "--config",
+        help="config origin: PATH, file://PATH, http://HOST:PORT (CDS) or k8s "
+        "(with --cds-server-address)",
     )
-    p.add_argument(
-        "-w", "--watch", action="store_true", help="watch the origin and reconcile changes"
-    )
+    p.add_bool("-w", "--watch", help="watch the origin and reconcile changes")
     p.add_argument(
         "-u",
         "--udp-thread-num",
@@ -42,8 +47,9 @@ def stunnerd_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--log", default="", help="log levels, e.g. all:INFO,turn:DEBUG")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument("-i", "--id", default="", help="dataplane id NAMESPACE/NAME")
-    p.add_argument("-d", "--dry-run", action="store_true", help="print the effective config, exit")
-    p.add_argument("--force-ready-status", action="store_true", help="stay ready while draining")
+    p.add_bool("-d", "--dry-run", help="print the effective config, exit")
+    p.add_bool("--force-ready-status", help="stay ready while draining")
+    p.add_bool("-v", "--verbose", help="verbose logging, the same as -l all:DEBUG")
     p.add_argument(
         "--alternate-server",
         default="",
@@ -57,8 +63,150 @@ def stunnerd_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="longest drain after SIGTERM",
     )
-    p.add_argument("-v", "--version", action="version", version=f"stunner-dp {__version__}")
+    p.add_argument("--version", action="version", version=f"stunner-dp {__version__}")
+    _add_discovery_flags(p)
     return p
+
+
+class PflagParser(argparse.ArgumentParser):
+    """argparse that reads a command line as Go's pflag does: a boolean flag takes an optional
+    `=true`/`=false`, and a short flag its value after `=` (`-u=16`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bools: dict[str, str] = {}  # option string -> dest
+
+    def add_bool(self, *flags: str, help: str) -> None:
+        action = self.add_argument(*flags, action="store_true", help=help)
+        for flag in flags:
+            self._bools[flag] = action.dest
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        argv = list(sys.argv[1:] if args is None else args)
+        falsified: list[str] = []
+        out: list[str] = []
+        for i, arg in enumerate(argv):
+            if arg == "--":
+                out += argv[i:]
+                break
+            flag, eq, value = arg.partition("=")
+            if eq and flag in self._bools:
+                if value.lower() not in _PFLAG_BOOLS:
+                    self.error(f"{flag}: {value!r} is not a boolean (true or false)")
+                if _PFLAG_BOOLS[value.lower()]:
+                    out.append(flag)
+                else:
+                    falsified.append(self._bools[flag])
+                continue
+            if eq and len(flag) == 2 and flag[0] == "-" and flag[1] != "-":
+                out.append(flag + value)  # -u=16 is -u16
+                continue
+            out.append(arg)
+        ns, rest = super().parse_known_args(out, namespace)
+        for name in falsified:
+            setattr(ns, name, False)
+        return ns, rest
+
+
+# strconv.ParseBool's spellings, which pflag takes
+_PFLAG_BOOLS = {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}
+
+
+def _add_discovery_flags(p: PflagParser) -> None:
+    """stunnerd's `-c k8s` flags. kubectl's config flags (genericclioptions.ConfigFlags) are
+    accepted and unused: stunner-dp does not talk to the Kubernetes API. The CDS flags name
+    the CDS server directly, which is how `-c k8s` works here."""
+    k8s = p.add_argument_group(
+        "Kubernetes discovery (-c k8s)",
+        "accepted as stunnerd has them; only --cds-server-address/--cds-server-port are used",
+    )
+    for flag in _K8S_STRING_FLAGS:
+        k8s.add_argument(flag, default="", help=argparse.SUPPRESS)
+    k8s.add_argument("-n", "--namespace", default="", help=argparse.SUPPRESS)
+    k8s.add_argument("-s", "--server", default="", help=argparse.SUPPRESS)
+    for flag in ("--as-group", "--as-user-extra"):
+        k8s.add_argument(flag, action="append", default=None, help=argparse.SUPPRESS)
+    for flag in ("--insecure-skip-tls-verify", "--disable-compression"):
+        p.add_bool(flag, help=argparse.SUPPRESS)
+    k8s.add_argument(
+        "--cds-server-address",
+        default=os.environ.get(CDS_ADDR_ENV, ""),
+        metavar="HOST",
+        help=f"the CDS server for -c k8s (env {CDS_ADDR_ENV})",
+    )
+    k8s.add_argument(
+        "--cds-server-namespace",
+        default=os.environ.get(CDS_NAMESPACE_ENV, ""),
+        help="accepted, unused (it narrows a Kubernetes API search)",
+    )
+    k8s.add_argument(
+        "--cds-server-port",
+        type=int,
+        default=_env_port(CDS_PORT_ENV, DEFAULT_CDS_PORT),
+        metavar="PORT",
+        help=f"the CDS server's port for -c k8s (env {CDS_PORT_ENV}, default {DEFAULT_CDS_PORT})",
+    )
+
+
+_K8S_STRING_FLAGS = (
+    "--kubeconfig",
+    "--cache-dir",
+    "--client-certificate",
+    "--client-key",
+    "--token",
+    "--as",
+    "--as-uid",
+    "--username",
+    "--password",
+    "--cluster",
+    "--user",
+    "--context",
+    "--tls-server-name",
+    "--certificate-authority",
+    "--request-timeout",
+)
+CDS_ADDR_ENV, CDS_NAMESPACE_ENV, CDS_PORT_ENV = (
+    "CDS_SERVER_ADDR",
+    "CDS_SERVER_NAMESPACE",
+    "CDS_SERVER_PORT",
+)
+DEFAULT_CDS_PORT = 13478
+K8S_ORIGIN = "k8s"
+K8S_NEEDS_ADDRESS = (
+    "-c k8s: stunner-dp does not search the Kubernetes API for the CDS server; "
+    "set STUNNER_CONFIG_ORIGIN=http://<cds-service>:13478 (the operator sets it in every "
+    "dataplane pod) or add --cds-server-address HOST"
+)
+
+
+def _env_port(name: str, default: int) -> int:
+    text = os.environ.get(name, "")
+    return int(text) if text.isdigit() and 0 < int(text) < 65536 else default
+
+
+class DiscoveryRefused(Exception):
+    """`-c k8s` with nothing that names the CDS server."""
+
+
+def resolve_config_origin(args: argparse.Namespace) -> None:
+    """`-c k8s` (or STUNNER_CONFIG_ORIGIN=k8s) becomes the CDS URL the discovery flags name, as
+    stunnerd's DiscoverK8sCDSServer does with an explicit address; `-v` becomes -l all:DEBUG
+    unless -l is given."""
+    if args.verbose and not args.log:
+        args.log = "all:DEBUG"
+    origin = args.config or os.environ.get("STUNNER_CONFIG_ORIGIN", "")
+    if args.uri or origin != K8S_ORIGIN:
+        return
+    host = args.cds_server_address.strip()
+    if not host:
+        raise DiscoveryRefused(K8S_NEEDS_ADDRESS)
+    args.config = "http://" + join_host_port(host, args.cds_server_port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 TURNS_NEEDS_CERT = (
@@ -111,6 +259,11 @@ def load_initial_config(args: argparse.Namespace) -> StunnerConfig | None:
 
 def stunnerd_main(argv: list[str] | None = None) -> int:
     args = stunnerd_parser().parse_args(argv)
+    try:
+        resolve_config_origin(args)
+    except DiscoveryRefused as exc:
+        print(f"stunnerd: {exc}", file=sys.stderr)
+        return 1  # stunnerd exits 1 when it cannot find the CDS server
     try:
         configure_logging(args.log or "all:INFO", args.log_format)
     except ValueError as exc:
