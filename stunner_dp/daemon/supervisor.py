@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stunner_dp.config import StunnerConfig
+from stunner_dp.daemon.ledger import SharedLimits
 from stunner_dp.daemon.pipe import read_frame, write_frame
 from stunner_dp.net.dns import DEFAULT_INTERVAL, Resolved, StrictDnsResolver
 from stunner_dp.observe.logs import get_logger
@@ -106,6 +107,9 @@ class Supervisor:
         self._log_format = log_format
         self._python = python
         self._nonce_secret = os.urandom(32)
+        # quotas and rate limits count in one table all workers share (per dataplane)
+        self._limits_fd = SharedLimits.create(workers)
+        self._limits = SharedLimits.attach(self._limits_fd, 0)
         self._draining = False
         self._stopping = False
         self._running = False
@@ -225,7 +229,7 @@ class Supervisor:
                 "stunner_dp.daemon.worker",
                 "--fd",
                 str(child.fileno()),
-                pass_fds=(child.fileno(),),
+                pass_fds=(child.fileno(), self._limits_fd),
                 start_new_session=False,
             )
         except BaseException:
@@ -252,6 +256,7 @@ class Supervisor:
                 "index": slot.index,
                 "config": sent[0].to_dict(),
                 "nonce_secret": self._nonce_secret.hex(),
+                "limits_fd": self._limits_fd,
                 "resolved": sent[1],
                 "draining": sent[2],
                 "alternate_server": list(self._alternate) if self._alternate else None,
@@ -326,6 +331,7 @@ class Supervisor:
 
     async def _watch(self, slot: WorkerSlot, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
+        self._limits.clear_worker(slot.index)  # its allocations are gone: stop counting them
         if slot.writer is not None:
             slot.writer.close()
         if self._stopping or not self._running or slot.restarting:

@@ -23,6 +23,7 @@ from typing import Any
 import uvloop
 
 from stunner_dp.config import parse_config
+from stunner_dp.daemon.ledger import SharedLimits
 from stunner_dp.daemon.pipe import read_frame, write_frame
 from stunner_dp.net.runtime import Server
 from stunner_dp.observe.logs import configure_logging, get_logger
@@ -58,6 +59,7 @@ class Worker:
             configure_logging(init.get("log_levels") or "all:INFO", init.get("log_format", "text"))
         config = parse_config(init["config"])
         alternate = init.get("alternate_server")
+        limits_fd = init.get("limits_fd")
         server = Server(
             config,
             nonce_secret=bytes.fromhex(init["nonce_secret"]),
@@ -65,6 +67,7 @@ class Worker:
             alternate_server=(alternate[0], int(alternate[1])) if alternate else None,
             reuse_port=True,
             bind_host=init.get("bind_host"),
+            limits=None if limits_fd is None else SharedLimits.attach(limits_fd, init["index"]),
         )
         server.set_draining(bool(init.get("draining")))
         server.set_dns_answers(init.get("resolved") or {})

@@ -22,6 +22,7 @@ from stunner_dp.observe.stats import ClusterStats, ListenerStats, ServerStats, S
 from stunner_dp.turn import events as ev
 from stunner_dp.turn.access import PeerAccess
 from stunner_dp.turn.allocation import Traffic
+from stunner_dp.turn.ratelimit import Limits
 from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Addr
 
@@ -61,8 +62,10 @@ class Server:
         alternate_server: Addr | None = None,
         reuse_port: bool = False,
         bind_host: str | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.config = config if isinstance(config, StunnerConfig) else parse_config(config)
+        self._limits = limits  # None: this process counts quotas and rate limits alone
         self._nonce_secret = nonce_secret or os.urandom(32)
         self._software = software
         self._alternate = alternate_server
@@ -90,6 +93,7 @@ class Server:
             nonce_secret=self._nonce_secret,
             software=self._software,
             alternate_server=self._alternate,
+            limits=self._limits,
         )
         self._turn.draining = self._draining
         if self._dns_answers:

@@ -21,7 +21,13 @@ from stunner_dp.turn import events as ev
 from stunner_dp.turn.access import PeerAccess
 from stunner_dp.turn.allocation import Allocation, Traffic
 from stunner_dp.turn.auth import Credentials, Nonces, NonceState, quota_user
-from stunner_dp.turn.ratelimit import AuthFailureLimiter, UnauthLimiter
+from stunner_dp.turn.ratelimit import (
+    AuthFailureLimiter,
+    Limits,
+    LocalLimits,
+    UnauthLimiter,
+    Verdict,
+)
 from stunner_dp.turn.types import Addr, Context, Output, RelayFactory, RelayHandle, Transport
 
 DEFAULT_LIFETIME = 600
@@ -104,8 +110,11 @@ class TurnServer:
         access: PeerAccess | None = None,
         software: str = "",
         alternate_server: Addr | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.relays = relays
+        # where quotas and rate limits count: this process, or every worker of the dataplane
+        self.limits = limits or LocalLimits()
         self.nonces = Nonces(nonce_secret)
         self.software = software
         self.alternate_server = alternate_server
@@ -124,8 +133,10 @@ class TurnServer:
         self.rate_limited = 0
         self.auth_failures = 0
         self.auth_locked = 0
-        self.unauth_limiter = UnauthLimiter(config.admin.unauth_rate_per_ip)
-        self.auth_limiter = AuthFailureLimiter(config.admin.auth_failures_per_user)
+        self.unauth_limiter = UnauthLimiter(config.admin.unauth_rate_per_ip, self.limits)
+        self.auth_limiter = AuthFailureLimiter(
+            config.admin.auth_failures_per_user, limits=self.limits
+        )
         self._handlers: dict[int, Handler] = {
             stun.METHOD_ALLOCATE: self._allocate,
             stun.METHOD_REFRESH: self._refresh,
@@ -148,9 +159,11 @@ class TurnServer:
         self.access = access or PeerAccess.from_config(config)
         self._listeners = {listener.name: listener for listener in config.listeners}
         if self.unauth_limiter.rate != config.admin.unauth_rate_per_ip:
-            self.unauth_limiter = UnauthLimiter(config.admin.unauth_rate_per_ip)
+            self.unauth_limiter = UnauthLimiter(config.admin.unauth_rate_per_ip, self.limits)
         if self.auth_limiter.limit != config.admin.auth_failures_per_user:
-            self.auth_limiter = AuthFailureLimiter(config.admin.auth_failures_per_user)
+            self.auth_limiter = AuthFailureLimiter(
+                config.admin.auth_failures_per_user, limits=self.limits
+            )
         for name in [n for n in self.allocations if n not in self._listeners]:
             for alloc in list(self.allocations[name].values()):
                 self.delete(alloc, "listener removed")
@@ -181,13 +194,20 @@ class TurnServer:
         if msg.cls == stun.CLASS_REQUEST:
             # Answers to unauthenticated requests are rate limited per source IP, so a spoofed
             # source cannot make us a reflector: unsigned requests pay before any work, signed
-            # ones only when they fail authentication.
+            # ones only when they fail authentication. Not on streams: their source finished a
+            # handshake (it is not spoofed) and a dropped answer there is never retransmitted.
+            limited = ctx.transport not in STREAM_TRANSPORTS
             signed = msg.has(stun.ATTR_MESSAGE_INTEGRITY)
-            if not signed and not self.unauth_limiter.allow(ctx.client[0], now):
+            if limited and not signed and not self.unauth_limiter.allow(ctx.client[0], now):
                 self.rate_limited += 1
                 return []
             response, authenticated = self._request(ctx, msg, now)
-            if signed and not authenticated and not self.unauth_limiter.allow(ctx.client[0], now):
+            if (
+                limited
+                and signed
+                and not authenticated
+                and not self.unauth_limiter.allow(ctx.client[0], now)
+            ):
                 self.rate_limited += 1
                 return []
             return [(ctx.link, ctx.client, response)]
@@ -257,6 +277,7 @@ class TurnServer:
         self.user_allocations[alloc.quota_user] -= 1
         if self.user_allocations[alloc.quota_user] <= 0:
             del self.user_allocations[alloc.quota_user]
+        self.limits.release(alloc.quota_user)
         alloc.relay.attach(None)
         alloc.relay.close()
         for t in alloc.traffic():
@@ -350,7 +371,9 @@ class TurnServer:
         if self.nonces.check(nonce, now) is not NonceState.OK:
             return self._challenge(ctx, msg, ErrorCode.STALE_NONCE, now)
         quser = quota_user(username, self.credentials.type)
-        if self.auth_limiter.locked(quser, ctx.client[0], now):
+        if self.auth_limiter.locked(quser, ctx.client, now) and not self._on_own_allocation(
+            ctx, msg, username
+        ):
             self.auth_locked += 1  # too many failures for this user: 401, key not checked
             return self._challenge(ctx, msg, ErrorCode.UNAUTHORIZED, now)
         found = self.credentials.lookup(username, now)
@@ -365,11 +388,17 @@ class TurnServer:
         if key is not None:
             return Authenticated(username, key)
         self.auth_failures += 1
-        self.auth_limiter.failed(quser, ctx.client[0], now)
+        self.auth_limiter.failed(quser, ctx.client, now)
         if not reason:
             reason = "realm mismatch" if client_realm != realm else "wrong password"
         self.events.append(ev.AuthFailed(ctx.listener, ctx.client, username, reason))
         return self._challenge(ctx, msg, ErrorCode.UNAUTHORIZED, now)
+
+    def _on_own_allocation(self, ctx: Context, msg: Message, username: str) -> bool:
+        """Is this a request on the client's allocation, signed with the key that made it?
+        Those are never locked out: a guesser on the same address ends nobody's call."""
+        alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
+        return alloc is not None and alloc.username == username and msg.check_integrity(alloc.key)
 
     def _challenge(self, ctx: Context, msg: Message, code: ErrorCode, now: float) -> bytes:
         # Kept small on purpose: answers to unauthenticated requests must not amplify.
@@ -394,7 +423,11 @@ class TurnServer:
                 return existing.success_response  # a retransmission: the same answer
             raise Reject(ErrorCode.ALLOCATION_MISMATCH)
         request = self._check_allocate(ctx, msg, auth)
-        relay, new_token = self._open_relay(ctx, request, now)
+        try:
+            relay, new_token = self._open_relay(ctx, request, now)
+        except BaseException:
+            self.limits.release(request.quota_user)
+            raise
         return self._allocated(ctx, msg, auth, request, relay, new_token, now)
 
     def _check_allocate(self, ctx: Context, msg: Message, auth: Authenticated) -> AllocateRequest:
@@ -436,13 +469,15 @@ class TurnServer:
                 )
                 extra.append((stun.ATTR_ADDRESS_ERROR_CODE, refused))
         quser = quota_user(auth.username, self.credentials.type)
-        quota = self.config.admin.user_quota
-        if quota and self.user_allocations[quser] >= quota:
-            raise Reject(ErrorCode.ALLOCATION_QUOTA_REACHED)
-        cap = self.config.admin.max_allocations
-        if cap and self.allocation_count >= cap:
-            raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "Server allocation limit reached")
         lifetime = self._lifetime(msg, initial=True)
+        # counted in the ledger now (all workers share it); `_allocate` gives it back if the
+        # relay cannot open
+        admin = self.config.admin
+        verdict = self.limits.acquire(quser, admin.user_quota, admin.max_allocations)
+        if verdict is Verdict.QUOTA:
+            raise Reject(ErrorCode.ALLOCATION_QUOTA_REACHED)
+        if verdict is Verdict.CAPACITY:
+            raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "Server allocation limit reached")
         return AllocateRequest(
             listener=listener,
             family=family,

@@ -9,8 +9,11 @@
  *   reverse  peer -> relay, any UDP payload whose rev entry exists:
  *            prepend the ChannelData header, src := listener, dst := client
  *
- * Everything else returns TC_ACT_OK untouched (user space handles it) and counts why in
- * `pass_reasons`. The maps are filled by stunner_dp/offload/engine.py; the layouts below are
+ * Everything else returns TC_ACT_UNSPEC untouched and counts why in `pass_reasons`: with tcx
+ * that is TCX_NEXT (the next program of the chain sees the packet, then the stack and user
+ * space), with classic tc "no verdict" (the next filter runs). TC_ACT_OK would end the chain:
+ * with `-u N` workers (one program each) or several engines on one lo, a packet that one
+ * program holds no entry for must still reach the program that does. The maps are filled by stunner_dp/offload/engine.py; the layouts below are
  * mirrored there with `struct` format strings.
  *
  * Why the headers stay in place and the payload moves by 4 bytes (instead of
@@ -170,7 +173,7 @@ static __always_inline int pass(__u32 reason)
 
 	if (n)
 		*n += 1;
-	return reason == DROP_ERROR ? TC_ACT_SHOT : TC_ACT_OK;
+	return reason == DROP_ERROR ? TC_ACT_SHOT : TC_ACT_UNSPEC; /* TCX_NEXT */
 }
 
 /* the parsed outer headers */
