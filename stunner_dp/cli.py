@@ -278,6 +278,8 @@ def stunnerd_main(argv: list[str] | None = None) -> int:
         if config is None:
             print("stunnerd: --dry-run needs a config file or URI", file=sys.stderr)
             return 2
+        for note in config.notes:
+            print(f"stunnerd: warning: {note}", file=sys.stderr)
         yaml.safe_dump(config.to_dict(redact=False), sys.stdout, sort_keys=False)
         return 0
     from stunner_dp.daemon.stunnerd import run_daemon

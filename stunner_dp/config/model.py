@@ -39,6 +39,10 @@ class AdminConfig:
     max_channels_per_allocation: int = 64
     unauth_rate_per_ip: int = 100  # unauthenticated answers per second per source IP
     auth_failures_per_user: int = 10  # failed authentications per user per minute
+    # STUNner's kernel offload: "None", "TC", "XDP" or "Auto" as STUNner spells them, and the
+    # interfaces (empty: all), sorted. Kept for the offload engine to read.
+    offload_engine: str = "None"
+    offload_interfaces: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,12 +56,14 @@ class AdminConfig:
             "max_channels_per_allocation": self.max_channels_per_allocation,
             "unauth_rate_per_ip": self.unauth_rate_per_ip,
             "auth_failures_per_user": self.auth_failures_per_user,
+            "offload_engine": self.offload_engine,
+            "offload_interfaces": list(self.offload_interfaces),
         }
 
 
 @dataclass(frozen=True)
 class AuthConfig:
-    type: str = "static"  # "static" | "ephemeral" after normalisation
+    type: str = "static"  # "static" | "ephemeral" | "none" (STUN only) after normalisation
     realm: str = DEFAULT_REALM
     username: str = ""  # static
     password: str = ""  # static
@@ -136,6 +142,8 @@ class StunnerConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     listeners: tuple[ListenerConfig, ...] = ()
     clusters: tuple[ClusterConfig, ...] = ()
+    # warnings from the parser: fields accepted that have no effect here (logged on apply)
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def to_dict(self, *, redact: bool = False) -> dict[str, Any]:
         """The stunnerd v1 shape; `redact` hides password, secret and TLS key (/status, logs)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import os
 from collections.abc import Mapping
 from ipaddress import ip_address
@@ -12,6 +13,7 @@ from ._fields import get_int, get_list, get_mapping, get_str, join
 from .endpoints import parse_endpoint
 from .env import expand_tree
 from .errors import MISSING, ConfigError
+from .inert import inert_notes
 from .model import (
     DEFAULT_HEALTHCHECK_ENDPOINT,
     DEFAULT_REALM,
@@ -35,7 +37,11 @@ AUTH_TYPES = {
     "ephemeral": "ephemeral",
     "longterm": "ephemeral",
     "timewindowed": "ephemeral",
+    "none": "none",  # STUNner's STUN server mode: Binding only, every TURN request refused
 }
+# STUNner's spellings (pkg/apis/v1 NewOffloadEngine), matched case-insensitively
+OFFLOAD_ENGINES = {name.lower(): name for name in ("None", "XDP", "TC", "Auto")}
+_IFNAME_MAX = 15  # IFNAMSIZ - 1
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
 CLUSTER_PROTOCOLS = ("UDP", "TCP")
 
@@ -67,13 +73,14 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     _check_unique([lis.name for lis in listeners], "listeners", "listener")
     _check_unique([c.name for c in clusters], "clusters", "cluster")
     _check_routes(listeners, clusters)
-    return StunnerConfig(
+    config = StunnerConfig(
         version="v1",
         admin=_admin(get_mapping(raw.get("admin"), "admin")),
         auth=_auth(get_mapping(raw.get("auth"), "auth")),
         listeners=listeners,
         clusters=clusters,
     )
+    return dataclasses.replace(config, notes=inert_notes(raw, config))
 
 
 def _from_v1alpha1(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,6 +109,7 @@ def _admin(m: Mapping[str, Any]) -> AdminConfig:
         return get_int(m, key, "admin", default, 0, _COUNT_MAX, rule)
 
     d = AdminConfig()
+    offload_engine, offload_interfaces = _offload(m)
     return AdminConfig(
         name=get_str(m, "name", "admin") or d.name,
         loglevel=get_str(m, "loglevel", "admin") or d.loglevel,
@@ -126,14 +134,35 @@ def _admin(m: Mapping[str, Any]) -> AdminConfig:
         auth_failures_per_user=count(
             "auth_failures_per_user", d.auth_failures_per_user, "the failed-login limit per user"
         ),
+        offload_engine=offload_engine,
+        offload_interfaces=offload_interfaces,
     )
+
+
+def _offload(m: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """admin.offload_engine / offload_interfaces, and the shape of admin.license_config: all
+    accepted as STUNner has them (see inert.py for what they do here)."""
+    given = get_str(m, "offload_engine", "admin").strip()
+    engine = OFFLOAD_ENGINES.get(given.lower() or "none")
+    if engine is None:
+        raise ConfigError("admin.offload_engine", given, "use None, TC, XDP or Auto")
+    names = _strings(m, "offload_interfaces", "admin")
+    for j, name in enumerate(names):
+        if not name or len(name.encode()) > _IFNAME_MAX or "/" in name or " " in name:
+            rule = f"an interface name (1-{_IFNAME_MAX} bytes, no '/' or spaces), e.g. eth0"
+            raise ConfigError(f"admin.offload_interfaces[{j}]", name, rule)
+    get_mapping(m.get("license_config"), "admin.license_config")
+    return engine, tuple(sorted(names))
 
 
 def _auth(m: Mapping[str, Any]) -> AuthConfig:
     given = get_str(m, "type", "auth").strip()
     atype = AUTH_TYPES.get(given.lower() or "static")
     if atype is None:
-        allowed = "use static (alias plaintext) or ephemeral (aliases longterm, timewindowed)"
+        allowed = (
+            "use static (alias plaintext), ephemeral (aliases longterm, timewindowed) "
+            "or none (STUN only)"
+        )
         raise ConfigError("auth.type", given, allowed)
     creds = get_mapping(m.get("credentials"), "auth.credentials")
     base = "auth.credentials"
@@ -153,7 +182,7 @@ def _auth(m: Mapping[str, Any]) -> AuthConfig:
                     f"{base}.{key}",
                     f"static auth needs a username and a password (set {base}.{key})",
                 )
-    elif not auth.secret:
+    elif atype == "ephemeral" and not auth.secret:
         raise ConfigError.missing(
             f"{base}.secret", f"ephemeral auth needs a shared secret (set {base}.secret)"
         )

@@ -336,6 +336,9 @@ class Daemon:
 
     def _log_applied(self, old: StunnerConfig | None, new: StunnerConfig) -> None:
         bound, failed = self.dataplane.listener_state()
+        if old is None or old.notes != new.notes:
+            for note in new.notes:  # fields accepted that do nothing here (config/inert.py)
+                log.warning(note)
         if old is None:
             log.info(
                 "stunner-dp ready",
