@@ -39,6 +39,11 @@ class AdminConfig:
     max_channels_per_allocation: int = 64
     unauth_rate_per_ip: int = 100  # unauthenticated answers per second per source IP
     auth_failures_per_user: int = 10  # failed authentications per user per minute
+    # TCP/TLS connections and DTLS associations (0 for max_connections: only the
+    # open-file budget caps the TCP/TLS ones, see stunner_dp.net.tcp)
+    max_connections: int = 0
+    max_connections_per_ip: int = 256
+    connection_idle_timeout: int = 5  # seconds silent without an allocation; 0: never closed
     # STUNner's kernel offload: "None", "TC", "XDP" or "Auto" as STUNner spells them, and the
     # interfaces (empty: all), sorted. Kept for the offload engine to read.
     offload_engine: str = "None"
@@ -56,6 +61,9 @@ class AdminConfig:
             "max_channels_per_allocation": self.max_channels_per_allocation,
             "unauth_rate_per_ip": self.unauth_rate_per_ip,
             "auth_failures_per_user": self.auth_failures_per_user,
+            "max_connections": self.max_connections,
+            "max_connections_per_ip": self.max_connections_per_ip,
+            "connection_idle_timeout": self.connection_idle_timeout,
             "offload_engine": self.offload_engine,
             "offload_interfaces": list(self.offload_interfaces),
         }

@@ -47,6 +47,7 @@ CLUSTER_PROTOCOLS = ("UDP", "TCP")
 
 _PORT_RULE = "a port is 1-65535"
 _COUNT_MAX = 2**31 - 1
+_IDLE_MAX = 3600  # admin.connection_idle_timeout, seconds
 # v1alpha1 relay range defaults, kept for converted files so they behave as they used to
 _V1ALPHA1_RELAY = (32768, 65535)
 
@@ -134,9 +135,38 @@ def _admin(m: Mapping[str, Any]) -> AdminConfig:
         auth_failures_per_user=count(
             "auth_failures_per_user", d.auth_failures_per_user, "the failed-login limit per user"
         ),
+        **_connection_limits(m, d),
         offload_engine=offload_engine,
         offload_interfaces=offload_interfaces,
     )
+
+
+def _connection_limits(m: Mapping[str, Any], d: AdminConfig) -> dict[str, int]:
+    """admin.max_connections, max_connections_per_ip, connection_idle_timeout (extensions)."""
+
+    def count(key: str, default: int, meaning: str) -> int:
+        rule = f"{meaning} must be 0 (unlimited) or a positive integer"
+        return get_int(m, key, "admin", default, 0, _COUNT_MAX, rule)
+
+    idle_rule = (
+        f"seconds a connection without an allocation may stay silent: 1-{_IDLE_MAX}, "
+        "or 0 (never closed)"
+    )
+    return {
+        "max_connections": count("max_connections", d.max_connections, "the connection cap"),
+        "max_connections_per_ip": count(
+            "max_connections_per_ip", d.max_connections_per_ip, "the connection cap per source IP"
+        ),
+        "connection_idle_timeout": get_int(
+            m,
+            "connection_idle_timeout",
+            "admin",
+            d.connection_idle_timeout,
+            0,
+            _IDLE_MAX,
+            idle_rule,
+        ),
+    }
 
 
 def _offload(m: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
