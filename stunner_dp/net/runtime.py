@@ -364,6 +364,7 @@ class Server:
                 auth_locked=turn.auth_locked,
                 rate_limited=turn.rate_limited,
                 malformed=turn.malformed,
+                internal_errors=turn.internal_errors,
             ),
         )
 

@@ -1,9 +1,14 @@
-"""structlog set-up: text or JSON lines, levels per scope ("all:INFO,turn:DEBUG")."""
+"""structlog set-up: text or JSON lines, levels per scope ("all:INFO,turn:DEBUG").
+
+Every string in a line is escaped (`escape_fields`): usernames, SNI names and error texts come
+from clients, and a raw NUL, newline or ANSI escape in them would forge lines or drive the
+terminal of whoever reads the log."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -33,6 +38,30 @@ def parse_levels(spec: str) -> dict[str, int]:
     return levels
 
 
+def _escape_char(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """`text` with every character that is not printable (control characters, NUL, ESC, line
+    breaks, bidi overrides and other format characters) as a \\x/\\u escape, and backslashes
+    doubled so an escape can't be faked; printable text is returned as it is."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join("\\\\" if c == "\\" else c if c.isprintable() else _escape_char(c) for c in text)
+
+
+def escape_fields(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+    """structlog processor: `printable` on every string value of the line."""
+    for name, value in event.items():
+        if isinstance(value, str):
+            event[name] = printable(value)
+    return event
+
+
 def configure_logging(spec: str = "all:INFO", fmt: str = "text") -> None:
     levels = parse_levels(spec)
     handler = logging.StreamHandler(sys.stderr)
@@ -55,6 +84,7 @@ def configure_logging(spec: str = "all:INFO", fmt: str = "text") -> None:
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            escape_fields,
             renderer,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),

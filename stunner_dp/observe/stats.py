@@ -379,6 +379,10 @@ class ServerStats(Figures):
         "stunner_malformed_packets",
         "Packets from clients that were neither valid STUN nor valid ChannelData",
     )
+    internal_errors: int = counter(
+        "stunner_internal_errors",
+        "Messages from clients dropped because handling them raised an unexpected error",
+    )
 
 
 @dataclass(frozen=True, slots=True)

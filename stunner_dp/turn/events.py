@@ -52,6 +52,15 @@ class RequestRejected:
     reason: str
 
 
+@dataclass(slots=True, frozen=True)
+class RequestFailed:
+    """A message whose handling raised an unexpected exception (a bug): dropped unanswered."""
+
+    listener: str
+    client: Addr
+    error: Exception
+
+
 Event = (
     AllocationCreated
     | AllocationRefreshed
@@ -59,4 +68,5 @@ Event = (
     | PermissionDenied
     | AuthFailed
     | RequestRejected
+    | RequestFailed
 )

@@ -33,6 +33,7 @@ from stunner_dp.turn.types import Addr, Context, Output, RelayFactory, RelayHand
 DEFAULT_LIFETIME = 600
 MAX_LIFETIME = 3600
 RESERVATION_LIFETIME = 30.0
+STUN_ONLY = "none"  # auth.type of STUNner's STUN server mode
 # RFC 8656 narrowed channel numbers to 0x4000-0x4FFF; RFC 5766 clients (coturn's uclient among
 # them) pick from 0x4000-0x7FFF, and pion/turn (STUNner), coturn and libwebrtc accept it all.
 CHANNEL_MAX = 0x7FFF
@@ -328,6 +329,8 @@ class TurnServer:
         handler = self._handlers.get(msg.method)
         if handler is None:
             return self._error(ctx, msg, ErrorCode.BAD_REQUEST, "Unknown method"), False
+        if self.credentials.type == STUN_ONLY:
+            return self._refuse_turn(ctx, msg, now), False
         auth = self._authenticate(ctx, msg, now)
         if isinstance(auth, bytes):
             return auth, False
@@ -399,6 +402,14 @@ class TurnServer:
         Those are never locked out: a guesser on the same address ends nobody's call."""
         alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
         return alloc is not None and alloc.username == username and msg.check_integrity(alloc.key)
+
+    def _refuse_turn(self, ctx: Context, msg: Message, now: float) -> bytes:
+        """auth.type none: no TURN at all, so no relay is ever opened. Answered as stunnerd
+        (pion/turn without an auth handler) does: an unsigned request earns the usual 401
+        challenge, a signed one 400 Bad Request, which no client retries."""
+        if not msg.has(stun.ATTR_MESSAGE_INTEGRITY):
+            return self._challenge(ctx, msg, ErrorCode.UNAUTHORIZED, now)
+        return self._error(ctx, msg, ErrorCode.BAD_REQUEST, "STUN only: no TURN here", quiet=True)
 
     def _challenge(self, ctx: Context, msg: Message, code: ErrorCode, now: float) -> bytes:
         # Kept small on purpose: answers to unauthenticated requests must not amplify.

@@ -15,14 +15,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/: the helpers package
 
-from helpers.hostile_kit import NOW, corpus, new_server  # noqa: E402
+from helpers.hostile_kit import NOW, OWNER, corpus, ctx, new_server  # noqa: E402
 
 
 def main() -> int:
     out = HERE / "corpus"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    messages = corpus(new_server().nonces.issue(NOW))
+    messages = corpus(new_server().nonce_for(ctx(OWNER), NOW))
     count = 0
     for data in messages:
         for mode, selectors in ((0, (0,)), (1, range(8))):

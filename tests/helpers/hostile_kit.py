@@ -49,6 +49,12 @@ class FakeRelay:
     def attach(self, allocation: Allocation | None) -> None:
         self.allocation = allocation
 
+    def channel_bound(self, allocation: Allocation, channel: object) -> None:
+        pass
+
+    def channel_unbound(self, channel: object) -> None:
+        pass
+
     def close(self) -> None:
         self.closed = True
         self.factory.in_use.discard(self.address[1])
@@ -189,8 +195,8 @@ def loaded_server(admin: AdminConfig | None = None) -> tuple[TurnServer, Allocat
     """A server where OWNER holds an allocation with a permission for PEER and channel
     0x4000 bound to it."""
     turn = new_server(admin)
-    nonce = turn.nonces.issue(NOW)
     c = ctx(OWNER)
+    nonce = turn.nonce_for(c, NOW)
     for method, attrs in (
         (stun.METHOD_ALLOCATE, UDP),
         (

@@ -50,7 +50,7 @@ AMPLIFICATION_BOUND = 4.4
 MAX_NONCE = 32
 
 _seen = {"ratio": 0.0, "in": 0, "out": 0, "what": ""}
-_CORPUS = corpus(new_server().nonces.issue(NOW))
+_CORPUS = corpus(new_server().nonce_for(ctx(OWNER), NOW))
 
 
 @st.composite
@@ -171,7 +171,7 @@ def test_unsigned_sequences_never_change_state(names: list[str], source: tuple[s
     """Whole sequences of well-formed unsigned or wrongly signed requests, not just one."""
     turn, _ = loaded_server()
     before = snapshot(turn)
-    nonce = turn.nonces.issue(NOW)
+    nonce = turn.nonce_for(ctx(source), NOW)
     wrong = b"\x00" * 16
     for i, name in enumerate(names):
         method, attrs = method_bodies()[name]
@@ -185,7 +185,7 @@ def test_unsigned_sequences_never_change_state(names: list[str], source: tuple[s
 def test_valid_signatures_do_change_state() -> None:
     """The oracle is not vacuous: the same corpus, signed right, allocates and binds."""
     turn = new_server()
-    nonce = turn.nonces.issue(NOW)
+    nonce = turn.nonce_for(ctx(STRANGER), NOW)
     for name in ("Allocate", "CreatePermission", "ChannelBind", "Refresh"):
         method, attrs = method_bodies()[name]
         before = snapshot(turn)

@@ -11,7 +11,7 @@ from helpers.turnclient import RawTurnClient, error_code, peer_attr, udp_transpo
 
 from stunner_dp import stun
 from stunner_dp.testing import ephemeral_credentials, start_turn_server, udp_echo_peer
-from stunner_dp.turn.auth import Nonces, long_term_key
+from stunner_dp.turn.auth import Nonces, long_term_key, nonce_binding
 
 SECRET = "negative-test-secret"
 
@@ -104,7 +104,8 @@ async def test_stale_nonce_gets_438() -> None:
     ):
         await client.challenge()
         client.login(ts.username, ts.password)
-        stale = Nonces(nonce_secret).issue(time.time() - 700)
+        mine = nonce_binding("udp", client.local_address)
+        stale = Nonces(nonce_secret).issue(time.time() - 700, mine)
         resp = await client.request(stun.METHOD_ALLOCATE, udp_transport(), nonce=stale)
         assert error_code(resp) == 438
         # the 438 carries a fresh nonce, which then works
@@ -118,7 +119,9 @@ async def test_nonce_from_another_server_is_rejected() -> None:
     async with start_turn_server() as ts, RawTurnClient(ts.address) as client:
         await client.challenge()
         client.login(ts.username, ts.password)
-        forged = Nonces(b"some other secret").issue(time.time())
+        forged = Nonces(b"some other secret").issue(
+            time.time(), nonce_binding("udp", client.local_address)
+        )
         resp = await client.request(stun.METHOD_ALLOCATE, udp_transport(), nonce=forged)
         assert error_code(resp) in (401, 438)
         assert ts.server.allocation_count == 0

@@ -83,11 +83,10 @@ def test_failure_table_is_bounded() -> None:
 
 def test_counters_and_lockout_in_the_state_machine() -> None:
     turn = new_server(AdminConfig(auth_failures_per_user=2))
-    nonce = turn.nonces.issue(NOW)
     wrong = long_term_key("user-1", "stunner.l7mp.io", "nope")
 
     def allocate(key: bytes, who: tuple[str, int]) -> int:
-        data = build(stun.METHOD_ALLOCATE, UDP, key=key, nonce=nonce)
+        data = build(stun.METHOD_ALLOCATE, UDP, key=key, nonce=turn.nonce_for(ctx(who), NOW))
         (out,) = turn.handle_stun(ctx(who), data, NOW)
         msg = stun.parse_message(out[2])
         if msg.cls == stun.CLASS_SUCCESS:

@@ -186,15 +186,18 @@ def test_static_user_cannot_log_in_when_auth_is_ephemeral() -> None:
 
 
 def test_nonce_cache_holds_only_genuine_nonces_and_still_ages_them() -> None:
-    from stunner_dp.turn.auth import NONCE_LIFETIME, Nonces, NonceState
+    from stunner_dp.turn.auth import NONCE_LIFETIME, Nonces, NonceState, nonce_binding
 
     nonces = Nonces(b"secret")
-    good = nonces.issue(T0)
-    assert nonces.issue(T0 + 0.5) == good  # one nonce per second
-    assert nonces.check(good, T0 + 1) is NonceState.OK
-    assert nonces.check(good, T0 + NONCE_LIFETIME + 1) is NonceState.STALE  # cached, yet aged
+    me, other = nonce_binding("udp", ("192.0.2.1", 1000)), nonce_binding("udp", ("192.0.2.1", 1001))
+    good = nonces.issue(T0, me)
+    assert nonces.issue(T0 + 0.5, me) == good  # the same client, the same second
+    assert nonces.issue(T0, other) != good  # each client its own
+    assert nonces.check(good, T0 + 1, me) is NonceState.OK
+    assert nonces.check(good, T0 + 1, other) is NonceState.INVALID  # cached, yet still bound
+    assert nonces.check(good, T0 + NONCE_LIFETIME + 1, me) is NonceState.STALE  # and aged
     forged = "A" * 22
     for _ in range(3):
-        assert nonces.check(forged, T0) is NonceState.INVALID
-    assert forged not in nonces._genuine
-    assert Nonces(b"other").check(good, T0) is NonceState.INVALID
+        assert nonces.check(forged, T0, me) is NonceState.INVALID
+    assert (forged, me) not in nonces._genuine
+    assert Nonces(b"other").check(good, T0, me) is NonceState.INVALID
