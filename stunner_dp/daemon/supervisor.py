@@ -14,6 +14,9 @@ endpoint reads `Supervisor.stats()`. The supervisor itself relays nothing:
   (`StatsSnapshot.merge`). A dead worker's counters are kept (as last reported), its gauges
   (allocations, connections) dropped, so the summed counters never go down;
 - a worker that dies is logged and restarted (its allocations are lost, the others go on);
+  the supervisor binds and holds every worker's listener sockets and hands a restarted worker
+  the same ones (`HeldSocket`, the socket channel of stunner_dp.daemon.pipe), so no socket
+  leaves or joins a SO_REUSEPORT group and the kernel keeps every other client on its worker;
 - draining (SIGTERM in the daemon) is forwarded to every worker as a message: new Allocates
   get 300 Try Alternate when an alternate server is set, existing allocations go on;
 - `stop()` closes the pipes: workers stop at once (also if the supervisor is killed).
@@ -35,8 +38,9 @@ from typing import Any
 
 from stunner_dp.config import StunnerConfig
 from stunner_dp.daemon.ledger import SharedLimits
-from stunner_dp.daemon.pipe import read_frame, write_frame
+from stunner_dp.daemon.pipe import read_frame, send_sockets, write_frame
 from stunner_dp.net.dns import DEFAULT_INTERVAL, Resolved, StrictDnsResolver
+from stunner_dp.net.sockets import bind_listener, listen_host, socket_kind
 from stunner_dp.observe.logs import get_logger
 from stunner_dp.observe.stats import StatsSnapshot, WorkersStats, WorkerStats
 from stunner_dp.turn.access import strict_dns_hosts
@@ -55,6 +59,15 @@ STABLE_AFTER = 10.0  # a worker that lived this long is "stable": restart delay 
 
 
 @dataclass(eq=False)
+class HeldSocket:
+    """A worker slot's listener socket, bound by the supervisor and held across the worker's
+    restarts: `key` (socket kind, host, port) says which listener config it fits."""
+
+    key: tuple[str, str, int]
+    sock: socket.socket
+
+
+@dataclass(eq=False)
 class WorkerSlot:
     index: int
     process: asyncio.subprocess.Process | None = None
@@ -68,6 +81,8 @@ class WorkerSlot:
     ready: asyncio.Future[dict[str, Any]] | None = None
     pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    held: dict[str, HeldSocket] = field(default_factory=dict)  # listener name -> its socket
+    channel: socket.socket | None = None  # the socket channel to the worker (its listeners)
 
     @property
     def pid(self) -> int:
@@ -115,6 +130,7 @@ class Supervisor:
         self._running = False
         self._retired = StatsSnapshot()  # the counters of workers that died
         self._next_id = 0
+        self._socket_gen = 0  # numbers the batches of listener sockets sent to the workers
 
     # -- Dataplane ----------------------------------------------------------------------------
 
@@ -158,8 +174,16 @@ class Supervisor:
         fresh = self.dns.unresolved()
         if fresh:
             await self.dns.resolve(fresh, notify=False)
-        frame = {"type": "config", "config": config.to_dict(), "resolved": self._resolved()}
+        gen = self._hand_sockets_all(config)
+        frame = {
+            "type": "config",
+            "config": config.to_dict(),
+            "resolved": self._resolved(),
+            "sockets": gen,
+        }
         answers = await self._ask_all(frame, APPLY_TIMEOUT)
+        for slot in self.slots:
+            self._drop_failed_sockets(slot)
         errors = [a.get("error") for a in answers if a.get("error")]
         if errors:
             raise RuntimeError(f"a worker could not apply the config: {errors[0]}")
@@ -209,6 +233,8 @@ class Supervisor:
         self._running = False
         await self.dns.stop()
         await asyncio.gather(*(self._stop_slot(slot) for slot in self.slots))
+        for slot in self.slots:  # the listener ports are free once stop returns
+            self._close_sockets(slot)
 
     def worker_pids(self) -> dict[str, int]:
         """Worker index -> PID of the live workers (for their process metrics)."""
@@ -222,6 +248,11 @@ class Supervisor:
     async def _spawn(self, slot: WorkerSlot) -> None:
         assert self.config is not None
         parent, child = socket.socketpair()
+        if slot.channel is not None:
+            slot.channel.close()  # a dead worker's
+        slot.channel, channel_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        slot.channel.setblocking(False)
+        channel_fd = channel_child.fileno()  # its number in the worker too (pass_fds)
         try:
             process = await asyncio.create_subprocess_exec(
                 self._python,
@@ -229,7 +260,7 @@ class Supervisor:
                 "stunner_dp.daemon.worker",
                 "--fd",
                 str(child.fileno()),
-                pass_fds=(child.fileno(), self._limits_fd),
+                pass_fds=(child.fileno(), self._limits_fd, channel_child.fileno()),
                 start_new_session=False,
             )
         except BaseException:
@@ -237,6 +268,7 @@ class Supervisor:
             raise
         finally:
             child.close()
+            channel_child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         loop = asyncio.get_running_loop()
         slot.process, slot.writer, slot.stats = process, writer, None
@@ -249,6 +281,7 @@ class Supervisor:
         # what the worker starts with: a config, DNS answers or drain state that change while
         # it starts (it is not `alive`, so nothing is sent to it) are sent once it is ready
         sent = (self.config, self._resolved(), self._draining)
+        gen = self._hand_sockets(slot, sent[0])
         write_frame(
             writer,
             {
@@ -256,6 +289,8 @@ class Supervisor:
                 "index": slot.index,
                 "config": sent[0].to_dict(),
                 "nonce_secret": self._nonce_secret.hex(),
+                "sockets_fd": channel_fd,
+                "sockets": gen,
                 "limits_fd": self._limits_fd,
                 "resolved": sent[1],
                 "draining": sent[2],
@@ -278,15 +313,96 @@ class Supervisor:
             raise RuntimeError(f"worker {slot.index}: {ready.get('error')}")
         slot.listeners = dict(ready.get("listeners", {}))
         slot.failed = dict(ready.get("failed", {}))
+        self._drop_failed_sockets(slot)
         slot.stats = self._decode_stats(slot, ready.get("stats"))
         if self.config is not None and (self.config, self._resolved()) != sent[:2]:
             write_frame(
                 writer,
-                {"type": "config", "config": self.config.to_dict(), "resolved": self._resolved()},
+                {
+                    "type": "config",
+                    "config": self.config.to_dict(),
+                    "resolved": self._resolved(),
+                    "sockets": self._hand_sockets(slot, self.config),
+                },
             )
         if self._draining != sent[2]:
             write_frame(writer, {"type": "draining", "value": self._draining})
         log.info("worker started", worker=slot.index, pid=process.pid)
+
+    # -- listener sockets ---------------------------------------------------------------------
+
+    def _hold_sockets(self, slot: WorkerSlot, config: StunnerConfig) -> dict[str, OSError]:
+        """Make `slot.held` the sockets of `config`'s listeners: keep those that fit (a
+        listener restarted on the same port gets the same socket), bind the others, close
+        the rest. Returns the errors of those that could not be bound."""
+        spare = {held.key: held for held in slot.held.values()}
+        held: dict[str, HeldSocket] = {}
+        errors: dict[str, OSError] = {}
+        for listener in config.listeners:
+            kind = socket_kind(listener)
+            if kind is None:
+                continue  # no listener serves it: the worker says so
+            key = (kind, listen_host(listener, self._bind_host), listener.port)
+            kept = spare.pop(key, None)
+            if kept is not None:
+                held[listener.name] = kept
+                continue
+            try:
+                sock = bind_listener(listener, self._bind_host, reuse_port=True)
+            except OSError as exc:
+                errors[listener.name] = exc
+                continue
+            if sock is not None:
+                held[listener.name] = HeldSocket(key, sock)
+        for unused in spare.values():
+            unused.sock.close()
+        slot.held = held
+        return errors
+
+    def _hand_sockets(self, slot: WorkerSlot, config: StunnerConfig) -> int:
+        """Hold `config`'s listener sockets for `slot` and queue them on its channel before
+        the frame that names the returned batch number."""
+        self._socket_gen += 1
+        errors = self._hold_sockets(slot, config)
+        self._send_sockets(slot, self._socket_gen, errors)
+        return self._socket_gen
+
+    def _hand_sockets_all(self, config: StunnerConfig) -> int:
+        """`_hand_sockets` for a config sent to every live worker (one batch number); a dead
+        slot's sockets follow the config too (a removed listener's port is freed now)."""
+        self._socket_gen += 1
+        for slot in self.slots:
+            errors = self._hold_sockets(slot, config)
+            if slot.alive:
+                self._send_sockets(slot, self._socket_gen, errors)
+        return self._socket_gen
+
+    def _send_sockets(self, slot: WorkerSlot, gen: int, errors: dict[str, OSError]) -> None:
+        if slot.channel is None:
+            return
+        sockets = {name: held.sock for name, held in slot.held.items()}
+        try:
+            send_sockets(slot.channel, gen, sockets, errors)
+        except OSError as exc:  # the worker binds its own (a restart then moves clients)
+            log.error("listener sockets not handed over", worker=slot.index, error=str(exc))
+
+    @staticmethod
+    def _drop_failed_sockets(slot: WorkerSlot) -> None:
+        """A listener that failed in the worker (a bad certificate) serves nothing: its socket
+        must not take a share of the clients. The next config binds it anew."""
+        for name in slot.failed:
+            held = slot.held.pop(name, None)
+            if held is not None:
+                held.sock.close()
+
+    @staticmethod
+    def _close_sockets(slot: WorkerSlot) -> None:
+        for held in slot.held.values():
+            held.sock.close()
+        slot.held = {}
+        if slot.channel is not None:
+            slot.channel.close()
+            slot.channel = None
 
     @staticmethod
     def _decode_stats(slot: WorkerSlot, data: Any) -> StatsSnapshot | None:

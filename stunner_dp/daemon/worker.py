@@ -22,10 +22,11 @@ from typing import Any
 
 import uvloop
 
-from stunner_dp.config import parse_config
+from stunner_dp.config import ListenerConfig, parse_config
 from stunner_dp.daemon.ledger import SharedLimits
-from stunner_dp.daemon.pipe import read_frame, write_frame
+from stunner_dp.daemon.pipe import SocketBatch, read_frame, receive_sockets, write_frame
 from stunner_dp.net.runtime import Server
+from stunner_dp.net.sockets import socket_kind
 from stunner_dp.observe.logs import configure_logging, get_logger
 
 STATS_INTERVAL = 1.0
@@ -40,12 +41,65 @@ def _listener_state(server: Server) -> dict[str, Any]:
     }
 
 
+class AdoptedSockets:
+    """The listener sockets the supervisor holds for this worker's slot (the socket channel of
+    stunner_dp.daemon.pipe). A listener adopts its own instead of binding a new socket, so a
+    restart of this worker leaves every SO_REUSEPORT group, and the other workers' clients,
+    as they were. `provide` is the `Server`'s socket provider."""
+
+    def __init__(self, fd: Any) -> None:
+        self._channel = socket.socket(fileno=fd) if isinstance(fd, int) else None
+        self._batches: dict[int, SocketBatch] = {}
+        self._current: SocketBatch | None = None
+
+    def select(self, gen: Any) -> None:
+        """Offer the sockets sent with frame `gen` (none: listeners bind their own)."""
+        self.release()
+        if self._channel is None or not isinstance(gen, int):
+            return
+        receive_sockets(self._channel, self._batches)
+        for old in [g for g in self._batches if g < gen]:
+            self._close(self._batches.pop(old))
+        self._current = self._batches.pop(gen, None)
+
+    def provide(self, listener: ListenerConfig) -> socket.socket | None:
+        batch = self._current
+        if batch is None:
+            return None
+        if listener.name in batch.errors:  # the supervisor could not bind it: say why
+            errno, reason = batch.errors[listener.name]
+            raise OSError(errno, reason)
+        fd = batch.fds.pop(listener.name, None)
+        if fd is None:
+            return None
+        sock = socket.socket(fileno=fd)
+        wanted = socket.SOCK_DGRAM if socket_kind(listener) == "udp" else socket.SOCK_STREAM
+        if sock.type != wanted:  # not what this listener serves on: bind one
+            sock.close()
+            return None
+        sock.setblocking(False)
+        return sock
+
+    def release(self) -> None:
+        """Close what the listeners did not adopt (the supervisor keeps its own)."""
+        if self._current is not None:
+            self._close(self._current)
+            self._current = None
+
+    @staticmethod
+    def _close(batch: SocketBatch) -> None:
+        for fd in batch.fds.values():
+            socket.close(fd)
+        batch.fds.clear()
+
+
 class Worker:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.server: Server | None = None
         self.self_draining = False
+        self.sockets = AdoptedSockets(None)
 
     def send(self, frame: dict[str, Any]) -> None:
         if not self.writer.is_closing():
@@ -60,6 +114,8 @@ class Worker:
         config = parse_config(init["config"])
         alternate = init.get("alternate_server")
         limits_fd = init.get("limits_fd")
+        self.sockets = AdoptedSockets(init.get("sockets_fd"))
+        self.sockets.select(init.get("sockets"))
         server = Server(
             config,
             nonce_secret=bytes.fromhex(init["nonce_secret"]),
@@ -68,6 +124,7 @@ class Worker:
             reuse_port=True,
             bind_host=init.get("bind_host"),
             limits=None if limits_fd is None else SharedLimits.attach(limits_fd, init["index"]),
+            socket_provider=self.sockets.provide,
         )
         server.set_draining(bool(init.get("draining")))
         server.set_dns_answers(init.get("resolved") or {})
@@ -78,6 +135,8 @@ class Worker:
             self.send({"type": "failed", "error": str(exc)})
             await self.writer.drain()
             return 1
+        finally:
+            self.sockets.release()
         self.server = server
         self.send({"type": "ready", **_listener_state(server), "stats": server.stats().to_dict()})
         loop = asyncio.get_running_loop()
@@ -101,9 +160,12 @@ class Worker:
             error = ""
             try:
                 config = parse_config(frame["config"])
+                self.sockets.select(frame.get("sockets"))
                 await server.apply(config, frame.get("resolved") or {})
             except Exception as exc:  # the supervisor rolls back; keep running
                 error = repr(exc)
+            finally:
+                self.sockets.release()
             self.send(
                 {
                     "type": "applied",

@@ -30,6 +30,7 @@ from .certs import tls_context
 from .counters import ListenerCounters
 from .listener import Listener
 from .relay import RelayPool
+from .sockets import SocketProvider
 from .tcp import StreamListener
 from .udp import UdpListener, bind_udp
 
@@ -63,6 +64,7 @@ class Server:
         reuse_port: bool = False,
         bind_host: str | None = None,
         limits: Limits | None = None,
+        socket_provider: SocketProvider | None = None,
     ) -> None:
         self.config = config if isinstance(config, StunnerConfig) else parse_config(config)
         self._limits = limits  # None: this process counts quotas and rate limits alone
@@ -71,6 +73,8 @@ class Server:
         self._alternate = alternate_server
         self._reuse_port = reuse_port
         self._bind_host = bind_host  # None: the wildcard of the listener's address family
+        # a worker adopts the listener sockets its supervisor holds (a stable reuseport group)
+        self._socket_provider = socket_provider
         self.listeners: dict[str, Listener] = {}
         self.failed_listeners: dict[str, str] = {}
         self._turn: TurnServer | None = None  # the state machine: driven only through verbs
@@ -161,8 +165,9 @@ class Server:
         # Counters outlive a listener restart (a scrape must never see a counter go down).
         counters = self.relays.counters.setdefault(listener.name, ListenerCounters())
         try:
+            adopted = self._socket_provider(listener) if self._socket_provider else None
             if listener.transport == "udp":
-                sock = bind_udp(host, listener.port, reuse_port=self._reuse_port)
+                sock = adopted or bind_udp(host, listener.port, reuse_port=self._reuse_port)
                 self.listeners[listener.name] = UdpListener(
                     self._loop,
                     listener.name,
@@ -182,20 +187,24 @@ class Server:
                     counters,
                 )
                 context = tls_context(listener) if listener.transport == "tls" else None
-                stream.asyncio_server = await self._loop.create_server(
-                    stream.protocol,
-                    host,
-                    listener.port,
-                    ssl=context,
-                    reuse_port=self._reuse_port or None,
-                    reuse_address=True,
+                stream.asyncio_server = await (
+                    self._loop.create_server(stream.protocol, sock=adopted, ssl=context)
+                    if adopted
+                    else self._loop.create_server(
+                        stream.protocol,
+                        host,
+                        listener.port,
+                        ssl=context,
+                        reuse_port=self._reuse_port or None,
+                        reuse_address=True,
+                    )
                 )
                 self.listeners[listener.name] = stream
             elif listener.transport == "dtls":
                 from .dtls import DtlsListener, dtls_context
 
                 dtls = dtls_context(listener)  # before the bind: a bad cert leaves no socket
-                sock = bind_udp(host, listener.port, reuse_port=self._reuse_port)
+                sock = adopted or bind_udp(host, listener.port, reuse_port=self._reuse_port)
                 self.listeners[listener.name] = DtlsListener(
                     self._loop,
                     listener.name,

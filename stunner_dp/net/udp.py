@@ -12,25 +12,9 @@ from stunner_dp.turn.types import Addr, Context
 from .counters import ListenerCounters
 from .listener import dispatch_stun, send_outputs
 from .relay import READ_BATCH, RECV_SIZE
+from .sockets import bind_udp
 
-
-def bind_udp(host: str, port: int, *, reuse_port: bool) -> socket.socket:
-    af = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(af, socket.SOCK_DGRAM)
-    try:
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if af == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        # Room for bursts: media arrives in bursts and a dropped datagram is a lost frame.
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
-        sock.bind((host, port))
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+__all__ = ["UdpListener", "bind_udp"]  # bind_udp lives in .sockets (the supervisor binds too)
 
 
 class UdpListener:

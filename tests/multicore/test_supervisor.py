@@ -8,151 +8,19 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aioice.turn import create_turn_endpoint
-from prometheus_client.parser import text_string_to_metric_families
+from helpers.multicore import Daemon, alive, metric, run_daemon, wait_for_metric
 
 from stunner_dp.client.turn import TurnClient, error_code
-from stunner_dp.testing import free_port, make_config, relay_window, udp_echo_peer
+from stunner_dp.testing import udp_echo_peer
 
 CLIENTS = 20
 PACKETS = 5  # per client, each echoed
 TIMEOUT = 5.0
-
-
-@dataclass
-class Daemon:
-    process: subprocess.Popen[bytes]
-    port: int
-    metrics_port: int
-    health_port: int
-    config_path: Path
-    log: Path
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return "127.0.0.1", self.port
-
-    def workers(self) -> list[int]:
-        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        try:
-            return [int(p) for p in path.read_text().split()]
-        except FileNotFoundError:
-            return []
-
-    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        async with (
-            aiohttp.ClientSession() as s,
-            s.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as r,
-        ):
-            assert r.status == 200
-            text = await r.text()
-        return {
-            (x.name, tuple(sorted(x.labels.items()))): x.value
-            for f in text_string_to_metric_families(text)
-            for x in f.samples
-        }
-
-    async def ready(self) -> bool:
-        try:
-            async with (
-                aiohttp.ClientSession() as s,
-                s.get(f"http://127.0.0.1:{self.health_port}/ready") as r,
-            ):
-                return r.status == 200
-        except aiohttp.ClientError:
-            return False
-
-
-def metric(
-    m: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, /, **kw: str
-) -> float:
-    return m[(name, tuple(sorted(kw.items())))]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie child of a dead supervisor is gone for our purposes
-    with suppress(FileNotFoundError):
-        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-            return False
-    return True
-
-
-@contextmanager
-def _stopped_by_pid(process: subprocess.Popen[bytes], workers: list[int]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-        for pid in workers:
-            with suppress(ProcessLookupError):
-                if _alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-
-
-@asynccontextmanager
-async def run_daemon(tmp_path: Path, workers: int = 2) -> AsyncIterator[Daemon]:
-    low, high = relay_window(200)
-    for _attempt in range(3):
-        port, mport, hport = free_port(), free_port(tcp=True, udp=False), free_port()
-        config = make_config(
-            port=port,
-            min_relay_port=low,
-            max_relay_port=high,
-            admin={
-                "name": "multicore-test",
-                "loglevel": "all:INFO",
-                "metrics_endpoint": f"http://127.0.0.1:{mport}/metrics",
-                "healthcheck_endpoint": f"http://127.0.0.1:{hport}",
-            },
-        )
-        path = tmp_path / "stunnerd.json"
-        path.write_text(json.dumps(config))
-        log = tmp_path / "stunnerd.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "stunner_dp.cli", "-c", str(path), "-w", "-u", str(workers)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        daemon = Daemon(process, port, mport, hport, path, log)
-        seen: list[int] = []
-        with _stopped_by_pid(process, seen):
-            for _ in range(200):
-                if process.poll() is not None or await daemon.ready():
-                    break
-                await asyncio.sleep(0.05)
-            if process.poll() is not None:
-                continue  # lost a port race: try other ports
-            assert await daemon.ready(), log.read_text()
-            for _ in range(100):
-                seen[:] = daemon.workers()
-                if len(seen) == workers:
-                    break
-                await asyncio.sleep(0.05)
-            yield daemon
-            seen[:] = sorted(set(seen) | set(daemon.workers()))
-            return
-    raise AssertionError("stunnerd did not start:\n" + log.read_text())
 
 
 class Receiver(asyncio.DatagramProtocol):
@@ -175,16 +43,6 @@ async def relay_through(relay: Any, receiver: Receiver, peer: tuple[str, int], t
         payload = f"{tag}-{i}".encode()
         relay.sendto(payload, peer)
         assert await asyncio.wait_for(receiver.queue.get(), TIMEOUT) == payload
-
-
-async def wait_for_metric(daemon: Daemon, ok: Any, what: str) -> dict[Any, float]:
-    m: dict[Any, float] = {}
-    for _ in range(150):
-        m = await daemon.metrics()
-        if ok(m):
-            return m
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{what}: never true; last scrape {m}")
 
 
 async def test_two_workers_restart_and_sum(tmp_path: Path) -> None:
@@ -302,7 +160,7 @@ async def test_reconfiguration_reaches_every_worker_and_sigterm_drains(tmp_path:
             await asyncio.sleep(0.1)
         assert daemon.process.returncode == 0, daemon.log.read_text()
         for _ in range(50):
-            if not any(_alive(p) for p in pids):
+            if not any(alive(p) for p in pids):
                 break
             await asyncio.sleep(0.1)
-        assert not any(_alive(p) for p in pids)
+        assert not any(alive(p) for p in pids)
