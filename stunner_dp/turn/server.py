@@ -20,7 +20,7 @@ from stunner_dp.stun import ErrorCode, Message, StunError, data_indication
 from stunner_dp.turn import events as ev
 from stunner_dp.turn.access import PeerAccess
 from stunner_dp.turn.allocation import Allocation, Traffic
-from stunner_dp.turn.auth import Credentials, Nonces, NonceState, quota_user
+from stunner_dp.turn.auth import Credentials, Nonces, NonceState, nonce_binding, quota_user
 from stunner_dp.turn.ratelimit import (
     AuthFailureLimiter,
     Limits,
@@ -134,6 +134,7 @@ class TurnServer:
         self.rate_limited = 0
         self.auth_failures = 0
         self.auth_locked = 0
+        self.internal_errors = 0  # requests dropped by an unexpected exception (a bug)
         self.unauth_limiter = UnauthLimiter(config.admin.unauth_rate_per_ip, self.limits)
         self.auth_limiter = AuthFailureLimiter(
             config.admin.auth_failures_per_user, limits=self.limits
@@ -187,6 +188,17 @@ class TurnServer:
     # -- entry points -------------------------------------------------------------------------
 
     def handle_stun(self, ctx: Context, data: bytes, now: float) -> list[Output]:
+        """One STUN message from a client: what to send where. Never raises: a bug that some
+        input reaches costs that packet (dropped, counted in `internal_errors`, reported as a
+        `RequestFailed` event whose log is rate limited), not the server."""
+        try:
+            return self._handle_stun(ctx, data, now)
+        except Exception as exc:
+            self.internal_errors += 1
+            self.events.append(ev.RequestFailed(ctx.listener, ctx.client, exc))
+            return []
+
+    def _handle_stun(self, ctx: Context, data: bytes, now: float) -> list[Output]:
         try:
             msg = stun.parse_message(data)
         except StunError:
@@ -371,7 +383,8 @@ class TurnServer:
             return self._error(
                 ctx, msg, ErrorCode.BAD_REQUEST, "Malformed USERNAME, REALM or NONCE"
             )
-        if self.nonces.check(nonce, now) is not NonceState.OK:
+        # bound to the client's address: one captured elsewhere and replayed here is stale
+        if self.nonces.check(nonce, now, self._nonce_binding(ctx)) is not NonceState.OK:
             return self._challenge(ctx, msg, ErrorCode.STALE_NONCE, now)
         quser = quota_user(username, self.credentials.type)
         if self.auth_limiter.locked(quser, ctx.client, now) and not self._on_own_allocation(
@@ -381,19 +394,23 @@ class TurnServer:
             return self._challenge(ctx, msg, ErrorCode.UNAUTHORIZED, now)
         found = self.credentials.lookup(username, now)
         reason = found.reason
-        key = found.key if found.key is not None and msg.check_integrity(found.key) else None
+        # One MAC whatever the username: an unknown user is checked against a decoy key, so it
+        # costs (and times) what a wrong password does.
+        signed_right = msg.check_integrity(found.check_key)
+        key = found.key if found.key is not None and signed_right else None
         if key is None and not found.expired:
             # Requests on an allocation may keep using the credentials that made it (RFC 8656
             # 7.3), so rotating the password or secret does not strand live calls.
             alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
             if alloc is not None and alloc.username == username and msg.check_integrity(alloc.key):
                 key = alloc.key
+        if client_realm != realm:  # another realm: 401 with ours, whatever the key
+            key, reason = None, reason or "realm mismatch"
         if key is not None:
             return Authenticated(username, key)
         self.auth_failures += 1
         self.auth_limiter.failed(quser, ctx.client, now)
-        if not reason:
-            reason = "realm mismatch" if client_realm != realm else "wrong password"
+        reason = reason or "wrong password"
         self.events.append(ev.AuthFailed(ctx.listener, ctx.client, username, reason))
         return self._challenge(ctx, msg, ErrorCode.UNAUTHORIZED, now)
 
@@ -415,9 +432,17 @@ class TurnServer:
         # Kept small on purpose: answers to unauthenticated requests must not amplify.
         attrs = [
             (stun.ATTR_REALM, self.credentials.realm.encode()),
-            (stun.ATTR_NONCE, self.nonces.issue(now).encode()),
+            (stun.ATTR_NONCE, self.nonces.issue(now, self._nonce_binding(ctx)).encode()),
         ]
         return self._error(ctx, msg, code, attrs=attrs, quiet=True)
+
+    @staticmethod
+    def _nonce_binding(ctx: Context) -> bytes:
+        return nonce_binding(ctx.transport, ctx.client)
+
+    def nonce_for(self, ctx: Context, now: float) -> str:
+        """The nonce a challenge to this client would carry now (for tests and tools)."""
+        return self.nonces.issue(now, self._nonce_binding(ctx))
 
     def _allocation(self, ctx: Context, auth: Authenticated) -> Allocation:
         alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
