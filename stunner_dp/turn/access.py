@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import ClassVar
+from ipaddress import ip_network
+from typing import ClassVar, Generic, TypeVar
 
 from stunner_dp.config.endpoints import IPNetwork, normalize_network, parse_endpoint, parse_ip
 from stunner_dp.config.model import ClusterConfig, StunnerConfig
@@ -66,14 +66,61 @@ SPECIAL_RANGES: tuple[IPNetwork, ...] = tuple(
         "ff00::/8",  # multicast
     )
 )
-# most specific first, so the first match is the peer's own range
-_BY_SPECIFICITY = sorted(SPECIAL_RANGES, key=lambda n: -n.prefixlen)
+
+
+V = TypeVar("V")
+
+
+class _PrefixIndex(Generic[V]):
+    """Networks of one address family, found by the prefixes of an address: a dict from masked
+    network to value for each distinct prefix length present, so a lookup costs one dict probe
+    per prefix length (at most 33 or 129), however many networks there are."""
+
+    __slots__ = ("_levels",)
+
+    def __init__(self, bits: int, entries: Mapping[tuple[int, int], V]) -> None:
+        """`entries` maps (prefix length, network as int shifted right by bits - length)."""
+        by_length: dict[int, dict[int, V]] = {}
+        for (length, key), value in entries.items():
+            by_length.setdefault(length, {})[key] = value
+        # most specific first: callers that want the most specific match take the first one
+        self._levels = tuple(
+            (bits - length, table) for length, table in sorted(by_length.items(), reverse=True)
+        )
+
+    def matches(self, value: int) -> Iterator[V]:
+        for shift, table in self._levels:
+            found = table.get(value >> shift)
+            if found is not None:
+                yield found
+
+
+def _bits(version: int) -> int:
+    return 32 if version == 4 else 128
+
+
+def _key(net: IPNetwork) -> tuple[int, int]:
+    return net.prefixlen, int(net.network_address) >> (_bits(net.version) - net.prefixlen)
+
+
+_SPECIAL_INDEX = {
+    version: _PrefixIndex(
+        _bits(version), {_key(r): r for r in SPECIAL_RANGES if r.version == version}
+    )
+    for version in (4, 6)
+}
+
+
+def _special_of(version: int, value: int) -> IPNetwork | None:
+    for rng in _SPECIAL_INDEX[version].matches(value):
+        return rng
+    return None
 
 
 def special_range(net: IPNetwork) -> IPNetwork | None:
     """The most specific special range containing `net` (an address as /32 or /128), if any."""
-    for rng in _BY_SPECIFICITY:
-        if rng.version == net.version and net.subnet_of(rng):  # type: ignore[arg-type]
+    for rng in _SPECIAL_INDEX[net.version].matches(int(net.network_address)):
+        if net.subnet_of(rng):  # type: ignore[arg-type]
             return rng
     return None
 
@@ -150,10 +197,13 @@ class _Rule:
 
 def _rule(cluster: str, network: IPNetwork, ports: PortSet) -> _Rule:
     network = normalize_network(network)
+    # the special ranges holding the network's first address and no wider than the network
+    # are those it lies inside (CIDR blocks that share an address are nested)
+    first = int(network.network_address)
     inside = frozenset(
         r
-        for r in SPECIAL_RANGES
-        if r.version == network.version and network.subnet_of(r)  # type: ignore[arg-type]
+        for r in _SPECIAL_INDEX[network.version].matches(first)
+        if r.prefixlen <= network.prefixlen
     )
     return _Rule(cluster, network, inside, ports)
 
@@ -205,18 +255,42 @@ def strict_dns_hosts(config: StunnerConfig) -> tuple[str, ...]:
 VERDICT_CACHE_SIZE = 4096
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """Every rule of one listener with one network, merged: their ports united, the cluster of
+    the first (in route and endpoint order), which is whom the peer's traffic counts for."""
+
+    order: int
+    cluster: str
+    inside: frozenset[IPNetwork]
+    ports: PortSet
+
+
+def _index(rules: Sequence[_Rule], version: int) -> _PrefixIndex[_Entry]:
+    grouped: dict[tuple[int, int], list[tuple[int, _Rule]]] = {}
+    for order, rule in enumerate(rules):
+        if rule.network.version == version:
+            grouped.setdefault(_key(rule.network), []).append((order, rule))
+    entries: dict[tuple[int, int], _Entry] = {}
+    for key, group in grouped.items():
+        order, first = group[0]
+        ports = PortSet(rng for _, rule in group for rng in rule.ports.ranges)
+        entries[key] = _Entry(order, first.cluster, first.inside, ports)
+    return _PrefixIndex(_bits(version), entries)
+
+
 class PeerAccess:
-    """Per-listener peer rules, precomputed from a config (and current DNS answers)."""
+    """Per-listener peer rules, precomputed from a config (and current DNS answers).
+
+    A verdict costs the same whatever the number of rules: the rules of a listener are
+    indexed by prefix (`_PrefixIndex`), so judging a peer is a probe per distinct prefix
+    length, never a scan of the rules (a 10,000-endpoint cluster must not make a request
+    with many peers freeze the server)."""
 
     def __init__(
         self, rules: Mapping[str, Sequence[_Rule]], clusters: Mapping[str, tuple[str, ...]]
     ) -> None:
-        self._v4 = {
-            n: tuple(r for r in rs if isinstance(r.network, IPv4Network)) for n, rs in rules.items()
-        }
-        self._v6 = {
-            n: tuple(r for r in rs if isinstance(r.network, IPv6Network)) for n, rs in rules.items()
-        }
+        self._tables = {n: {v: _index(rs, v) for v in (4, 6)} for n, rs in rules.items()}
         self._clusters = dict(clusters)
         # (listener, ip) -> (ports or None, first cluster): a peer is judged once per rule set
         # (parsing an address costs more than the rest of an Allocate)
@@ -237,28 +311,32 @@ class PeerAccess:
             rules[lis.name] = [rule for name in routed for rule in by_cluster[name]]
         return cls(rules, clusters)
 
-    def _matching(self, listener: str, ip: str) -> Iterator[_Rule]:
+    def _judge(self, listener: str, ip: str) -> tuple[PortSet | None, str]:
+        tables = self._tables.get(listener)
         addr = parse_ip(ip)
-        if addr is None:
-            return
-        table = self._v4 if addr.version == 4 else self._v6
-        special = special_range(ip_network(addr))
-        for rule in table.get(listener, ()):
-            if addr in rule.network and (special is None or special in rule.inside):
-                yield rule
+        if tables is None or addr is None:
+            return None, ""
+        value = int(addr)
+        special = _special_of(addr.version, value)
+        best: _Entry | None = None
+        ranges: list[tuple[int, int]] = []
+        for entry in tables[addr.version].matches(value):
+            if special is not None and special not in entry.inside:
+                continue
+            if best is None or entry.order < best.order:
+                best = entry
+            ranges.extend(entry.ports.ranges)
+        if best is None:
+            return None, ""
+        return PortSet(ranges), best.cluster
 
     def _verdict(self, listener: str, ip: str) -> tuple[PortSet | None, str]:
         key = (listener, ip)
         found = self._verdicts.get(key)
         if found is None:
-            ports: PortSet | None = None
-            cluster = ""
-            for rule in self._matching(listener, ip):
-                cluster = cluster or rule.cluster
-                ports = rule.ports if ports is None else ports | rule.ports
             if len(self._verdicts) >= VERDICT_CACHE_SIZE:
                 self._verdicts.clear()  # bounded: peers chosen by clients must not grow it
-            found = self._verdicts[key] = (ports, cluster)
+            found = self._verdicts[key] = self._judge(listener, ip)
         return found
 
     def cluster_for(self, listener: str, ip: str) -> str:
