@@ -14,6 +14,7 @@ from .endpoints import parse_endpoint
 from .env import expand_tree
 from .errors import MISSING, ConfigError
 from .inert import inert_notes
+from .limits import MAX_CLUSTERS, MAX_ENDPOINTS, MAX_LISTENERS, check_count, check_shape
 from .model import (
     DEFAULT_HEALTHCHECK_ENDPOINT,
     DEFAULT_REALM,
@@ -56,6 +57,7 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     """Validate a parsed YAML/JSON config; raises ConfigError naming the first bad field."""
     if not isinstance(data, Mapping):
         raise ConfigError("config", data, "must be a mapping with version, admin, auth, ...")
+    check_shape(data)  # before the recursive walks below
     raw = expand_tree(data, os.environ if env is None else env)
     version = raw.get("version", MISSING)
     if version == "v1alpha1":
@@ -63,13 +65,18 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
     elif version != "v1":
         raise ConfigError("version", version, 'supported versions are "v1" and "v1alpha1"')
 
+    listener_items = get_list(raw.get("listeners"), "listeners")
+    cluster_items = get_list(raw.get("clusters"), "clusters")
+    check_count("listeners", len(listener_items), MAX_LISTENERS, "listeners")
+    check_count("clusters", len(cluster_items), MAX_CLUSTERS, "clusters")
+    _check_endpoint_count(cluster_items)
     listeners = tuple(
         _listener(get_mapping(item, f"listeners[{i}]"), f"listeners[{i}]")
-        for i, item in enumerate(get_list(raw.get("listeners"), "listeners"))
+        for i, item in enumerate(listener_items)
     )
     clusters = tuple(
         _cluster(get_mapping(item, f"clusters[{i}]"), f"clusters[{i}]")
-        for i, item in enumerate(get_list(raw.get("clusters"), "clusters"))
+        for i, item in enumerate(cluster_items)
     )
     _check_unique([lis.name for lis in listeners], "listeners", "listener")
     _check_unique([c.name for c in clusters], "clusters", "cluster")
@@ -82,6 +89,15 @@ def parse_config(data: Mapping[str, Any], env: Mapping[str, str] | None = None) 
         clusters=clusters,
     )
     return dataclasses.replace(config, notes=inert_notes(raw, config))
+
+
+def _check_endpoint_count(clusters: list[Any]) -> None:
+    """Before any endpoint is parsed: their total over all clusters is bounded."""
+    total = 0
+    for i, item in enumerate(clusters):
+        endpoints = item.get("endpoints") if isinstance(item, Mapping) else None
+        total += len(endpoints) if isinstance(endpoints, list) else 0
+        check_count(f"clusters[{i}].endpoints", total, MAX_ENDPOINTS, "endpoints over all clusters")
 
 
 def _from_v1alpha1(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,7 @@ __all__ = [
 AUTH_FAILURE_WINDOW = 60.0  # seconds over which `auth_failures_per_user` failures are allowed
 MAX_ENTRIES = 65536
 OVERFLOW_KEY = "\0overflow"  # the bucket every new key shares while a table is full
+PRUNE_INTERVAL = 1.0  # seconds between scans of a full table for refilled buckets
 
 
 class Verdict(Enum):
@@ -107,6 +108,7 @@ class TokenBuckets:
         self.capacity = capacity
         self.max_entries = max_entries
         self._buckets: dict[str, _Bucket] = {}
+        self._pruned_at = float("-inf")
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -144,7 +146,9 @@ class TokenBuckets:
             self._refill(bucket, now)
             return bucket
         if len(self._buckets) >= self.max_entries - 1:  # room kept for the overflow bucket
-            self._prune(now)
+            if now - self._pruned_at >= PRUNE_INTERVAL:  # a scan at most this often: a flood
+                self._pruned_at = now  # of new keys must not cost a scan each
+                self._prune(now)
             if len(self._buckets) >= self.max_entries - 1:
                 key = OVERFLOW_KEY
                 bucket = self._buckets.get(key)

@@ -9,7 +9,7 @@ from helpers.hostile_kit import KEY, NOW, OWNER, STRANGER, UDP, build, ctx, new_
 from stunner_dp import stun
 from stunner_dp.config import AdminConfig, ConfigError, parse_config
 from stunner_dp.turn.auth import long_term_key
-from stunner_dp.turn.ratelimit import AuthFailureLimiter, TokenBuckets, UnauthLimiter
+from stunner_dp.turn.ratelimit import MAX_ENTRIES, AuthFailureLimiter, TokenBuckets, UnauthLimiter
 
 AUTH = {"credentials": {"username": "u", "password": "p"}}
 
@@ -50,10 +50,22 @@ def test_pruning_drops_only_refilled_buckets() -> None:
     assert sorted(b._buckets) == ["busy", "c"]
 
 
-def test_unauth_limiter_burst_is_two_seconds_worth() -> None:
-    lim = UnauthLimiter(10)
-    assert sum(lim.allow("1.2.3.4", NOW) for _ in range(100)) == 20
-    assert sum(lim.allow("1.2.3.4", NOW + 1) for _ in range(100)) == 10
+def test_full_table_fails_safe_new_keys_share_one_bucket() -> None:
+    b = TokenBuckets(rate=1.0, capacity=2.0, max_entries=10)
+    for i in range(9):
+        b.take(f"busy{i}", 0.0)  # none has refilled: nothing can be pruned
+    took = [b.take(f"new{i}", 0.0) for i in range(50)]
+    assert took.count(True) == 2  # the overflow bucket's capacity, not one per new key
+    assert len(b) <= 10
+    assert not b.available("another", 0.0)
+
+
+def test_unauth_limiter_burst_lets_a_crowd_through_then_holds_the_rate() -> None:
+    lim = UnauthLimiter(100)
+    burst = int(UnauthLimiter.BURST * 100)
+    assert burst >= 2000  # 2,000 fresh clients behind one NAT, at once
+    assert sum(lim.allow("1.2.3.4", NOW) for _ in range(burst + 500)) == burst
+    assert sum(lim.allow("1.2.3.4", NOW + 1) for _ in range(1000)) == 100
     assert sum(UnauthLimiter(0).allow("x", NOW) for _ in range(1000)) == 1000
 
 
@@ -62,20 +74,32 @@ def test_unauth_limiter_burst_is_two_seconds_worth() -> None:
 
 def test_failures_lock_a_user_from_that_source_and_the_lock_wears_off() -> None:
     lim = AuthFailureLimiter(3, window=60.0)
+    guesser = ("9.9.9.9", 5000)
     for _ in range(3):
-        assert not lim.locked("alice", "9.9.9.9", NOW)
-        lim.failed("alice", "9.9.9.9", NOW)
-    assert lim.locked("alice", "9.9.9.9", NOW)
-    assert not lim.locked("alice", "8.8.8.8", NOW + 10)  # the guesser locks out only himself
-    assert not lim.locked("bob", "9.9.9.9", NOW)
-    assert not lim.locked("alice", "9.9.9.9", NOW + 20.1)  # one failure's worth came back
+        assert not lim.locked("alice", guesser, NOW)
+        lim.failed("alice", guesser, NOW)
+    assert lim.locked("alice", guesser, NOW)
+    assert not lim.locked("alice", ("8.8.8.8", 5000), NOW + 10)  # locks out only himself
+    assert not lim.locked("alice", ("9.9.9.9", 5001), NOW)  # ... not his NAT's other clients
+    assert not lim.locked("bob", guesser, NOW)
+    assert not lim.locked("alice", guesser, NOW + 20.1)  # one failure's worth came back
 
 
-def test_failure_table_is_bounded() -> None:
-    lim = AuthFailureLimiter(2, window=60.0, max_entries=50)
-    for i in range(5000):
-        lim.failed("u", f"ip{i}", NOW + i * 0.01)
-    assert len(lim._failures) <= 50
+def test_a_guesser_hopping_ports_hits_the_looser_per_ip_cap() -> None:
+    lim = AuthFailureLimiter(3, window=60.0)
+    cap = 3 * AuthFailureLimiter.SHARED_IP_FACTOR
+    for port in range(cap):
+        assert not lim.locked("alice", ("9.9.9.9", 6000 + port), NOW)
+        lim.failed("alice", ("9.9.9.9", 6000 + port), NOW)
+    assert lim.locked("alice", ("9.9.9.9", 7777), NOW)  # no more guesses from that IP
+    assert not lim.locked("bob", ("9.9.9.9", 7777), NOW)  # other users there: served
+
+
+def test_failure_tables_are_bounded() -> None:
+    lim = AuthFailureLimiter(2, window=60.0)
+    for i in range(70_000):
+        lim.failed("u", (f"ip{i}", i), NOW + i * 0.0001)
+    assert len(lim._by_source) <= MAX_ENTRIES  # type: ignore[arg-type]
 
 
 # -- in the state machine ------------------------------------------------------------------
@@ -106,8 +130,11 @@ def test_counters_and_lockout_in_the_state_machine() -> None:
 
 def test_limits_follow_a_live_config_change() -> None:
     turn = new_server(AdminConfig(unauth_rate_per_ip=1))
-    sent = [turn.handle_stun(ctx(STRANGER), build(stun.METHOD_BINDING), NOW) for _ in range(5)]
-    assert sum(map(len, sent)) == 2 and turn.rate_limited == 3
+    burst = int(UnauthLimiter.BURST)
+    sent = [
+        turn.handle_stun(ctx(STRANGER), build(stun.METHOD_BINDING), NOW) for _ in range(burst + 3)
+    ]
+    assert sum(map(len, sent)) == burst and turn.rate_limited == 3
     turn.update_config(sm_config(AdminConfig(unauth_rate_per_ip=0)))
     sent = [turn.handle_stun(ctx(STRANGER), build(stun.METHOD_BINDING), NOW) for _ in range(50)]
     assert sum(map(len, sent)) == 50 and turn.rate_limited == 3

@@ -13,7 +13,7 @@ bad config: they log it (with the field) and wait for the next one.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from stunner_dp.config import StunnerConfig
 
@@ -35,6 +35,10 @@ class Origin(Protocol):
         """Fetch the config again now (SIGHUP)."""
 
     async def stop(self) -> None: ...
+
+    def state(self) -> dict[str, Any]:
+        """What /status shows as `config_origin`: where configs come from, and why the last
+        one was refused or the origin is unreachable."""
 
 
 def is_cds_origin(origin: str) -> bool:

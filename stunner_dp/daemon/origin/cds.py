@@ -9,7 +9,18 @@
   connection that answered no ping for 8 s; it reconnects every second, forever.
 
 A message that is not a valid config is logged and skipped; a config without listeners is the
-operator's "deleted" marker and is ignored too: the running config stays in both cases.
+operator's "deleted" marker and is ignored too: the running config stays in both cases. Messages
+are parsed in a child process with the config package's bounds (`isolated.py`), one at a time
+and newest first: the connection keeps being read (pongs, newer configs) meanwhile, and a config
+superseded before its turn is dropped. No message, however malformed, ends the watch: anything
+unexpected is logged and the client reconnects.
+
+Readiness: `/ready` stays 200 while the CDS server is away, as stunnerd's does. The dataplane
+serves its last config, and a CDS outage (an operator restart, a network split) must not pull
+every dataplane pod out of its Service at once. What it does show: `/status` has
+`config_origin` with `connected`, `disconnected_for` (seconds), `last_error`, the messages
+`skipped`; and once disconnected for STALE_AFTER seconds the log says so at error level, every
+REPEAT_LOG_INTERVAL after that with the repeated-failure count.
 
 Origin strings: `http://HOST:PORT` / `https://` (ws:// / wss:// for the watch), `ws://HOST:PORT`
 and `wss://`, or a bare `:PORT` / `http://:PORT`, which mean 127.0.0.1 (as Go dials ":13478").
@@ -28,10 +39,12 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 
-from stunner_dp.config import ConfigError, StunnerConfig, parse_config
+from stunner_dp.config import ConfigError, StunnerConfig
+from stunner_dp.config.limits import MAX_CONFIG_BYTES
 from stunner_dp.observe.logs import get_logger
 
 from . import ApplyConfig
+from .isolated import load_text
 
 __all__ = ["CdsOrigin", "CdsUrls", "cds_urls"]
 
@@ -40,6 +53,7 @@ PONG_TIMEOUT = 8.0
 RETRY_INTERVAL = 1.0
 REPEAT_LOG_INTERVAL = 10.0  # a failure that repeats is logged again after this long
 HTTP_TIMEOUT = 5.0
+STALE_AFTER = 60.0  # disconnected this long: the running config may be stale, say so loudly
 
 log = get_logger("cds")
 
@@ -92,7 +106,7 @@ class _RepeatLog:
         self._last: tuple[str, float] | None = None
         self.count = 0
 
-    def warn(self, message: str, error: str, **fields: Any) -> None:
+    def warn(self, message: str, error: str, *, loud: bool = False, **fields: Any) -> None:
         now = time.monotonic()
         self.count += 1
         if (
@@ -101,7 +115,9 @@ class _RepeatLog:
             or now - self._last[1] >= REPEAT_LOG_INTERVAL
         ):
             self._last = (error, now)
-            log.warning(message, error=error, attempts=self.count, **fields)
+            (log.error if loud else log.warning)(
+                message, error=error, attempts=self.count, **fields
+            )
 
     def reset(self) -> None:
         self._last = None
@@ -135,6 +151,28 @@ class CdsOrigin:
         self._task: asyncio.Task[None] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._failures = _RepeatLog()
+        self.skipped = 0  # messages that were not a usable config
+        self.last_error = ""
+        self._connected = False
+        self._disconnected_at: float | None = time.monotonic()
+        self._pending: str | None = None  # the newest message not yet handled
+        self._wake = asyncio.Event()
+        self._applier: asyncio.Task[None] | None = None
+        self._last: tuple[str, StunnerConfig] | None = None  # the last message that parsed
+
+    def state(self) -> dict[str, Any]:
+        """For /status: is the watch up, and why not."""
+        since = self._disconnected_at
+        return {
+            "origin": self.description,
+            "watch": self.watch,
+            "connected": self._connected,
+            "disconnected_for": None if since is None else round(time.monotonic() - since, 1),
+            "connections": self.connections,
+            "messages": self.messages,
+            "skipped": self.skipped,
+            "last_error": self.last_error or None,
+        }
 
     async def start(self) -> None:
         if self._session is None:
@@ -157,11 +195,12 @@ class CdsOrigin:
             self._task = asyncio.create_task(self._fetch_until_done(), name="cds-client")
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._applier):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._applier = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -200,16 +239,37 @@ class CdsOrigin:
 
     async def _watch_forever(self) -> None:
         assert self._session is not None
+        if self._applier is None or self._applier.done():
+            self._applier = asyncio.create_task(self._apply_pending(), name="cds-apply")
         while True:
             try:
                 await self._watch_once(self._session)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                self._failures.warn(
-                    f"CDS connection failed: retrying every {self.retry_interval:g} s",
-                    _describe(exc),
-                    url=self.urls.watch,
-                )
+                self._connection_failed(_describe(exc))
+            except Exception as exc:  # nothing a server sends may end the watch
+                log.error("CDS watch failed: reconnecting", url=self.urls.watch, error=repr(exc))
+                self._connection_failed(repr(exc))
             await asyncio.sleep(self.retry_interval)
+
+    def _connection_failed(self, error: str) -> None:
+        self.last_error = error
+        since = self._disconnected_at
+        if since is not None and time.monotonic() - since >= STALE_AFTER:
+            self._failures.warn(
+                f"CDS unreachable for {STALE_AFTER:g} s and more: the running config may be "
+                "stale (rotated credentials, revoked peers are not applied); retrying every "
+                f"{self.retry_interval:g} s",
+                error,
+                loud=True,
+                url=self.urls.watch,
+                disconnected_for=round(time.monotonic() - since),
+            )
+            return
+        self._failures.warn(
+            f"CDS connection failed: retrying every {self.retry_interval:g} s",
+            error,
+            url=self.urls.watch,
+        )
 
     async def _watch_once(self, session: aiohttp.ClientSession) -> None:
         async with session.ws_connect(
@@ -217,8 +277,11 @@ class CdsOrigin:
             headers={"Origin": self.urls.origin},
             autoping=False,  # pings and pongs are ours: the pong timeout is 8 s, not 2.5
             timeout=aiohttp.ClientWSTimeout(ws_close=1.0),
+            max_msg_size=MAX_CONFIG_BYTES + 1,  # bigger is refused by name, not a dropped link
         ) as ws:
             self._ws = ws
+            self._connected = True
+            self._disconnected_at = None
             self.connections += 1
             self._failures.reset()
             log.info("CDS connected", url=self.urls.watch)
@@ -230,9 +293,9 @@ class CdsOrigin:
                 while True:
                     msg = await ws.receive()
                     if msg.type == aiohttp.WSMsgType.TEXT:
-                        await self._handle(msg.data)
+                        self._queue(msg.data)
                     elif msg.type == aiohttp.WSMsgType.BINARY:
-                        await self._handle(bytes(msg.data).decode("utf-8", "replace"))
+                        self._queue(bytes(msg.data).decode("utf-8", "replace"))
                     elif msg.type == aiohttp.WSMsgType.PING:
                         await ws.pong(msg.data)
                     elif msg.type == aiohttp.WSMsgType.PONG:
@@ -249,6 +312,8 @@ class CdsOrigin:
                 with contextlib.suppress(asyncio.CancelledError):
                     await keepalive
                 self._ws = None
+                self._connected = False
+                self._disconnected_at = time.monotonic()
                 log.info(
                     "CDS disconnected: reconnecting",
                     url=self.urls.watch,
@@ -284,33 +349,70 @@ class CdsOrigin:
 
     # -- messages -----------------------------------------------------------------------------
 
+    def _queue(self, text: str) -> None:
+        """Hand a message to the applier; one still waiting is superseded (a CDS message is a
+        whole config, so the newest is the only one that counts)."""
+        self.messages += 1
+        if self._pending is not None:
+            self.skipped += 1
+            log.info("CDS config superseded by a newer one before it was applied: dropped")
+        self._pending = text
+        self._wake.set()
+
+    async def _apply_pending(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            text, self._pending = self._pending, None
+            if text is None:
+                continue
+            try:
+                await self._use(text)
+            except Exception as exc:  # logged, and the next message is handled as usual
+                self.skipped += 1
+                self.last_error = repr(exc)
+                log.error("CDS config could not be handled: skipped", error=repr(exc))
+
     async def _handle(self, text: str) -> bool:
-        """One config from the server: True when it was applied."""
+        """One config from the server (the one-shot GET): True when it was applied."""
         self.messages += 1
         try:
-            data = json.loads(text)
-        except ValueError as exc:
-            log.warning("CDS sent something that is not JSON: skipped", error=str(exc))
+            return await self._use(text)
+        except Exception as exc:
+            self.skipped += 1
+            self.last_error = repr(exc)
+            log.error("CDS config could not be handled: skipped", error=repr(exc))
             return False
-        if not isinstance(data, dict):
-            log.warning("CDS sent JSON that is not a config object: skipped")
+
+    async def _use(self, text: str) -> bool:
+        if not text.lstrip().startswith("{"):
+            self._skip("CDS sent something that is not a JSON config object: skipped", text[:80])
             return False
-        if not data.get("listeners"):
+        try:
+            if self._last is not None and self._last[0] == text:
+                config: StunnerConfig = self._last[1]  # a reconnect resends the same config
+            else:
+                config = await load_text(text, "the CDS message")
+                self._last = (text, config)
+        except ConfigError as exc:
+            self._skip(
+                "CDS config is not valid: skipped, the running config stays",
+                str(exc),
+                field=exc.field,
+            )
+            return False
+        if not config.listeners:
             log.info(
                 "CDS config has no listeners (deleted on the operator side): ignored",
                 id=self.config_id,
             )
             return False
-        try:
-            config: StunnerConfig = parse_config(data)
-        except ConfigError as exc:
-            log.warning(
-                "CDS config is not valid: skipped, the running config stays",
-                field=exc.field,
-                error=str(exc),
-            )
-            return False
         return await self.apply(config)
+
+    def _skip(self, message: str, error: str, **fields: Any) -> None:
+        self.skipped += 1
+        self.last_error = error
+        log.warning(message, error=error, **fields)
 
 
 def _message(body: str) -> str:

@@ -2,7 +2,9 @@
 
 Change detection polls (mtime, size, inode, device) once a second: no inotify dependency, and it
 catches Kubernetes ConfigMap updates, which swap a symlink to a new file (a new inode) rather
-than writing in place. SIGHUP (`reload`) re-reads the file whether watched or not.
+than writing in place. SIGHUP (`reload`) re-reads the file whether watched or not. The file is
+parsed in a child process with the config package's bounds (`isolated.py`): the event loop
+keeps relaying while a big file is read, and a hostile one is refused with the bound it broke.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from typing import Any
 
-from stunner_dp.config import ConfigError, load_config_file
+from stunner_dp.config import ConfigError
 from stunner_dp.observe.logs import get_logger
 
 from . import ApplyConfig
+from .isolated import load_file
 
 __all__ = ["FileOrigin"]
 
@@ -45,6 +49,8 @@ class FileOrigin:
         self._missing = False
         self._task: asyncio.Task[None] | None = None
         self._reload: asyncio.Task[bool] | None = None
+        self.last_error = ""  # why the last read was refused ("" when it was taken)
+        self.refused = 0
 
     def signature(self) -> Signature | None:
         try:
@@ -78,8 +84,10 @@ class FileOrigin:
         """Read, validate and hand over the file; False (logged) when it cannot be used."""
         self._seen = self.signature()
         try:
-            config = load_config_file(self.path)
+            config = await load_file(self.path)
         except ConfigError as exc:
+            self.refused += 1
+            self.last_error = str(exc)
             log.error(
                 "config file is not valid: ignored, the running config stays",
                 path=self.path,
@@ -88,8 +96,18 @@ class FileOrigin:
                 error=str(exc),
             )
             return False
+        self.last_error = ""
         log.info("config file read", path=self.path, trigger=why)
         return await self.apply(config)
+
+    def state(self) -> dict[str, Any]:
+        """For /status: the file, and why its last read was refused."""
+        return {
+            "origin": self.description,
+            "watch": self.watch,
+            "refused": self.refused,
+            "last_error": self.last_error or None,
+        }
 
     async def _poll(self) -> None:
         while True:
