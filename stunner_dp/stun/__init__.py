@@ -103,6 +103,7 @@ from .constants import (
 from .errors import StunError
 from .indications import data_indication
 from .message import (
+    MAX_ATTRIBUTES,
     Message,
     encode_message,
     is_stun,
@@ -160,6 +161,7 @@ __all__ = [
     "HEADER_SIZE",
     "KNOWN_ATTRIBUTES",
     "MAGIC_COOKIE",
+    "MAX_ATTRIBUTES",
     "MAX_TEXT_BYTES",
     "MAX_USERNAME_BYTES",
     "METHOD_ALLOCATE",

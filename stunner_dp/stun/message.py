@@ -17,6 +17,7 @@ from .constants import (
     ATTR_FINGERPRINT,
     ATTR_MESSAGE_INTEGRITY,
     ATTR_MESSAGE_INTEGRITY_SHA256,
+    COMPREHENSION_OPTIONAL,
     HEADER_SIZE,
     MAGIC_COOKIE,
 )
@@ -32,6 +33,10 @@ _MI_SIZE = 20  # HMAC-SHA1 digest
 _MI_SHA256_MAX = 32
 _MI_SHA256_MIN = 16  # RFC 8489 14.6: truncation allowed down to 16 bytes
 _MAX_BODY = 0xFFFF - 3  # largest multiple of 4 that fits the 16-bit length
+# No legitimate STUN/TURN message carries more than a few dozen attributes (an Allocate with
+# every option has about 15); a 64 KB datagram of empty attributes would carry 16,000, and
+# every later step (the 420 list, peer judging) would pay per attribute.
+MAX_ATTRIBUTES = 128
 
 # Attributes that must come last, in this order; encode_message adds them itself.
 _TRAILERS = frozenset({ATTR_MESSAGE_INTEGRITY, ATTR_MESSAGE_INTEGRITY_SHA256, ATTR_FINGERPRINT})
@@ -74,6 +79,12 @@ class Message:
 
     def get_all(self, attr_type: int) -> list[bytes]:
         return [v for t, v in self.attributes if t == attr_type]
+
+    def unknown_required(self, known: frozenset[int]) -> list[int]:
+        """The comprehension-required types (below 0x8000) not in `known`, each once, in the
+        order they first appear: what a 420's UNKNOWN-ATTRIBUTES lists (RFC 8489 14.13)."""
+        required = (t for t, _ in self.attributes if t < COMPREHENSION_OPTIONAL)
+        return list(dict.fromkeys(t for t in required if t not in known))
 
     def has(self, attr_type: int) -> bool:
         return self.get(attr_type) is not None  # get's plain loop beats any() over a genexpr
@@ -159,6 +170,8 @@ def parse_message(data: bytes) -> Message:
         nxt = vstart + ((alen + 3) & ~3)
         if nxt > end:
             raise StunError(f"attribute 0x{atype:04X} overruns the message")
+        if len(attributes) >= MAX_ATTRIBUTES:
+            raise StunError(f"more than {MAX_ATTRIBUTES} attributes")
         # One test keeps ordinary attributes on the fast path; the ordering
         # rules only matter once a trailer attribute shows up.
         if guarded or atype in _TRAILERS:

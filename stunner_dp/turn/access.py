@@ -28,7 +28,14 @@ from typing import ClassVar, Generic, TypeVar
 from stunner_dp.config.endpoints import IPNetwork, normalize_network, parse_endpoint, parse_ip
 from stunner_dp.config.model import ClusterConfig, StunnerConfig
 
-__all__ = ["SPECIAL_RANGES", "PeerAccess", "PortSet", "special_range", "strict_dns_hosts"]
+__all__ = [
+    "SPECIAL_RANGES",
+    "OwnAddresses",
+    "PeerAccess",
+    "PortSet",
+    "special_range",
+    "strict_dns_hosts",
+]
 
 SPECIAL_RANGES: tuple[IPNetwork, ...] = tuple(
     ip_network(n)
@@ -165,6 +172,24 @@ class PortSet:
         if other._any:
             return other
         return PortSet(self._ranges + other._ranges)
+
+    def without(self, other: PortSet) -> PortSet:
+        """The ports of this set that are not in `other`."""
+        if not other:
+            return self
+        left: list[tuple[int, int]] = []
+        for lo, hi in self._ranges:
+            for olo, ohi in other._ranges:
+                if ohi < lo or olo > hi:
+                    continue
+                if olo > lo:
+                    left.append((lo, olo - 1))
+                lo = ohi + 1
+                if lo > hi:
+                    break
+            if lo <= hi:
+                left.append((lo, hi))
+        return PortSet(left)
 
     def __bool__(self) -> bool:
         return bool(self._ranges)
@@ -354,3 +379,72 @@ class PeerAccess:
     def clusters_for(self, listener: str) -> tuple[str, ...]:
         """The existing clusters `listener` routes to (for log lines such as a 403's)."""
         return self._clusters.get(listener, ())
+
+
+# Addresses that reach this host whatever its interfaces: loopback, and the unspecified
+# addresses (a datagram sent to 0.0.0.0 or :: is delivered locally on Linux).
+_LOCAL_NETWORKS = tuple(ip_network(n) for n in ("127.0.0.0/8", "0.0.0.0/8", "::1/128", "::/128"))
+
+
+class OwnAddresses:
+    """This server's own transport addresses, which no client may use as a peer whatever the
+    clusters say: relaying to them would chain allocations into each other (one datagram
+    crossing many relays) or feed our own listeners.
+
+    Own ports are the listener ports, their public ports and every listener's relay port range
+    (the whole range, not only the ports in use: other workers hold ports of it too, and a port
+    free now may be a relay tomorrow), plus relay ports in use outside the ranges (after a
+    reload moved them). They are own on every local IP, since the listeners and relays may bind
+    the wildcard: loopback, the unspecified addresses, the listener and public addresses, and
+    the relay addresses the server has handed out (`add_ip`, e.g. the pod IP of a wildcard
+    listener). Pure: the state machine feeds it."""
+
+    __slots__ = ("_ips", "ports")
+
+    def __init__(self, ips: Iterable[str] = (), ports: PortSet | None = None) -> None:
+        self._ips: set[str] = set()
+        self.ports = ports or PortSet()
+        for ip in ips:
+            self.add_ip(ip)
+
+    @classmethod
+    def from_config(
+        cls, config: StunnerConfig, ips: Iterable[str] = (), ports: Iterable[int] = ()
+    ) -> OwnAddresses:
+        ranges = [(p, p) for p in ports]
+        addresses = list(ips)
+        for lis in config.listeners:
+            ranges.append((lis.port, lis.port))
+            if lis.public_port:
+                ranges.append((lis.public_port, lis.public_port))
+            if lis.min_relay_port <= lis.max_relay_port:
+                ranges.append((lis.min_relay_port, lis.max_relay_port))
+            addresses += [lis.address, lis.public_address]
+        return cls(addresses, PortSet(r for r in ranges if r[0] > 0))
+
+    def add_ip(self, ip: str) -> bool:
+        """Count `ip` as one of ours; True when it is new."""
+        addr = parse_ip(ip)
+        if addr is None:
+            return False
+        text = str(addr)
+        if text in self._ips:
+            return False
+        self._ips.add(text)
+        return True
+
+    def is_local(self, ip: str) -> bool:
+        addr = parse_ip(ip)
+        if addr is None:
+            return False
+        return str(addr) in self._ips or any(addr in net for net in _LOCAL_NETWORKS)
+
+    def owns(self, ip: str, port: int) -> bool:
+        """Is (ip, port) one of this server's transport addresses?"""
+        return port in self.ports and self.is_local(ip)
+
+    def peer_ports(self, ip: str, allowed: PortSet) -> PortSet:
+        """The ports of `ip` that a permission may reach: `allowed` less our own if it is ours."""
+        if self.ports and self.is_local(ip):
+            return allowed.without(self.ports)
+        return allowed

@@ -18,7 +18,7 @@ from stunner_dp import stun
 from stunner_dp.config import ListenerConfig, StunnerConfig
 from stunner_dp.stun import ErrorCode, Message, StunError, data_indication
 from stunner_dp.turn import events as ev
-from stunner_dp.turn.access import PeerAccess
+from stunner_dp.turn.access import OwnAddresses, PeerAccess, PortSet
 from stunner_dp.turn.allocation import Allocation, Traffic
 from stunner_dp.turn.auth import Credentials, Nonces, NonceState, nonce_binding, quota_user
 from stunner_dp.turn.ratelimit import (
@@ -149,6 +149,8 @@ class TurnServer:
         self.credentials = Credentials(config.auth)
         self.access = access or PeerAccess.from_config(config)
         self._listeners = {listener.name: listener for listener in config.listeners}
+        self._own = OwnAddresses()
+        self._own_config: StunnerConfig | None = None  # the config `_own` was built from
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -180,7 +182,7 @@ class TurnServer:
             for alloc in table.values():
                 keep = {}
                 for ip in alloc.permissions:
-                    ports = self.access.ports_for(alloc.listener, ip)
+                    ports = self._peer_ports(alloc.listener, ip)
                     if ports is not None:
                         keep[ip] = ports
                 alloc.revoke(keep)
@@ -326,11 +328,7 @@ class TurnServer:
 
     def _request(self, ctx: Context, msg: Message, now: float) -> tuple[bytes, bool]:
         """The response, and whether the request passed authentication."""
-        unknown = [
-            t
-            for t, _ in msg.attributes
-            if t < stun.COMPREHENSION_OPTIONAL and t not in stun.KNOWN_ATTRIBUTES
-        ]
+        unknown = msg.unknown_required(stun.KNOWN_ATTRIBUTES)  # each type once
         if unknown:
             attrs = [(stun.ATTR_UNKNOWN_ATTRIBUTES, stun.encode_unknown_attributes(unknown))]
             return self._error(ctx, msg, ErrorCode.UNKNOWN_ATTRIBUTE, attrs=attrs), False
@@ -574,6 +572,7 @@ class TurnServer:
             created=now,
         )
         relay.attach(alloc)
+        self._own_relay(relay.address)
         self.allocations[ctx.listener][ctx.client] = alloc
         self.user_allocations[request.quota_user] += 1
         attrs = [
@@ -625,6 +624,31 @@ class TurnServer:
             self.events.append(ev.AllocationRefreshed(alloc, lifetime))
         return [(stun.ATTR_LIFETIME, stun.encode_u32(lifetime))]
 
+    def _own_addresses(self) -> OwnAddresses:
+        """This server's own transport addresses, rebuilt when the config changes (with the
+        relays in use, whose ports a reload may have left outside the new ranges)."""
+        if self._own_config is not self.config:
+            relays = [a.relay_addr for a in self.all_allocations()]
+            relays += [handle.address for handle, _ in self.reservations.values()]
+            ips, ports = [ip for ip, _ in relays], [port for _, port in relays]
+            self._own = OwnAddresses.from_config(self.config, ips, ports)
+            self._own_config = self.config
+        return self._own
+
+    def _own_relay(self, address: Addr) -> None:
+        """A relay opened on `address`: its IP is ours (a wildcard listener's relays advertise
+        the host's address, which no config names); permissions to it lose our ports."""
+        if self._own_addresses().add_ip(address[0]):
+            self.revalidate()
+
+    def _peer_ports(self, listener: str, ip: str) -> PortSet | None:
+        """The ports of `ip` a permission may reach via `listener`: what the clusters allow,
+        less this server's own ports when `ip` is ours; None when that leaves none."""
+        ports = self.access.ports_for(listener, ip)
+        if ports is None:
+            return None
+        return self._own_addresses().peer_ports(ip, ports) or None
+
     def _peer(self, alloc: Allocation, value: bytes, tid: bytes) -> Addr:
         """Decode a XOR-PEER-ADDRESS and hold it against the family and the peer rules."""
         peer = normalize_peer(stun.decode_xor_address(value, tid))
@@ -632,10 +656,23 @@ class TurnServer:
             raise Reject(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
         return peer
 
-    def _deny(self, ctx: Context, peer: Addr) -> Reject:
+    def _judge(self, ctx: Context, peer: Addr) -> tuple[PortSet, str]:
+        """The ports a permission for the peer's IP reaches, and the cluster its traffic counts
+        for; 403 when no rule allows the peer or it is one of our own transport addresses
+        (relaying there would chain allocations into each other, or feed our listeners)."""
+        if self._own_addresses().owns(*peer):
+            raise self._deny(ctx, peer, "Forbidden: the peer is this server")
+        ports = self._peer_ports(ctx.listener, peer[0])
+        if ports is None:
+            raise self._deny(ctx, peer)
+        return ports, self.access.cluster_for(ctx.listener, peer[0])
+
+    def _deny(
+        self, ctx: Context, peer: Addr, reason: str = "Forbidden: no route to peer"
+    ) -> Reject:
         clusters = self.access.clusters_for(ctx.listener)
         self.events.append(ev.PermissionDenied(ctx.listener, ctx.client, peer, clusters))
-        return Reject(ErrorCode.FORBIDDEN, "Forbidden: no route to peer")
+        return Reject(ErrorCode.FORBIDDEN, reason)
 
     def _create_permission(
         self, ctx: Context, msg: Message, auth: Authenticated, now: float
@@ -644,15 +681,15 @@ class TurnServer:
         values = msg.get_all(stun.ATTR_XOR_PEER_ADDRESS)
         if not values:
             raise Reject(ErrorCode.BAD_REQUEST, "Missing XOR-PEER-ADDRESS")
+        cap = self.config.admin.max_permissions_per_allocation  # 0: unlimited
+        if cap and len(values) > cap:  # refused before any peer is judged: judging costs
+            raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "More peers than the permission limit")
         grants = []
         for value in values:
             peer = self._peer(alloc, value, msg.transaction_id)
-            ports = self.access.ports_for(ctx.listener, peer[0])
-            if ports is None:
-                raise self._deny(ctx, peer)
-            grants.append((peer[0], ports, self.access.cluster_for(ctx.listener, peer[0])))
+            ports, cluster = self._judge(ctx, peer)
+            grants.append((peer[0], ports, cluster))
         fresh = {ip for ip, _, _ in grants if ip not in alloc.permissions}
-        cap = self.config.admin.max_permissions_per_allocation  # 0: unlimited
         if cap and len(alloc.permissions) + len(fresh) > cap:
             raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "Permission limit reached")
         for ip, ports, cluster in grants:
@@ -671,6 +708,8 @@ class TurnServer:
         if not stun.CHANNEL_MIN <= number <= CHANNEL_MAX:
             raise Reject(ErrorCode.BAD_REQUEST, "Channel number out of range")
         peer = self._peer(alloc, raw_peer, msg.transaction_id)
+        if peer[1] == 0:  # no datagram can be sent to port 0
+            raise Reject(ErrorCode.BAD_REQUEST, "Peer port 0")
         bound = alloc.bindings.get(number)
         if bound is not None and bound.peer != peer:
             raise Reject(ErrorCode.BAD_REQUEST, "Channel bound to another peer")
@@ -682,8 +721,8 @@ class TurnServer:
                 ErrorCode.BAD_REQUEST,
                 "Channel or peer held for 5 minutes after its binding expired",
             )
-        ports = self.access.ports_for(ctx.listener, peer[0])
-        if ports is None or peer[1] not in ports:
+        ports, cluster = self._judge(ctx, peer)
+        if peer[1] not in ports:
             raise self._deny(ctx, peer)
         max_channels = self.config.admin.max_channels_per_allocation  # 0: unlimited
         if bound is None and max_channels and len(alloc.bindings) >= max_channels:
@@ -691,7 +730,6 @@ class TurnServer:
         max_perms = self.config.admin.max_permissions_per_allocation
         if peer[0] not in alloc.permissions and max_perms and len(alloc.permissions) >= max_perms:
             raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "Permission limit reached")
-        cluster = self.access.cluster_for(ctx.listener, peer[0])
         alloc.bind_channel(number, peer, cluster, now)
         alloc.install_permission(peer[0], ports, cluster, now)
         return []
@@ -700,6 +738,8 @@ class TurnServer:
         alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
         raw_peer, data = msg.get(stun.ATTR_XOR_PEER_ADDRESS), msg.get(stun.ATTR_DATA)
         if alloc is None or raw_peer is None or data is None:
+            return []
+        if msg.unknown_required(stun.KNOWN_ATTRIBUTES):  # RFC 8489 14: discard it
             return []
         try:
             peer = normalize_peer(stun.decode_xor_address(raw_peer, msg.transaction_id))
