@@ -3,12 +3,26 @@ machine's counters (rate_limited, auth_failures, auth_locked) for the metrics.""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from helpers.hostile_kit import KEY, NOW, OWNER, STRANGER, UDP, build, ctx, new_server, sm_config
+from helpers.hostile_kit import (
+    KEY,
+    NOW,
+    OWNER,
+    PEER,
+    STRANGER,
+    UDP,
+    build,
+    ctx,
+    new_server,
+    peer_attr,
+    sm_config,
+)
 
 from stunner_dp import stun
 from stunner_dp.config import AdminConfig, ConfigError, parse_config
-from stunner_dp.turn.auth import long_term_key
+from stunner_dp.turn.auth import long_term_key, nonce_binding
 from stunner_dp.turn.ratelimit import MAX_ENTRIES, AuthFailureLimiter, TokenBuckets, UnauthLimiter
 
 AUTH = {"credentials": {"username": "u", "password": "p"}}
@@ -162,3 +176,35 @@ def test_admin_limit_keys_are_validated(key: str, value: object) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"version": "v1", "auth": AUTH, "admin": {key: value}}, env={})
     assert info.value.field == f"admin.{key}"
+
+
+def test_a_locked_out_address_keeps_its_calls_and_its_other_clients_log_in() -> None:
+    """One stranger on a shared NAT: the owner's allocation (same IP) keeps working, and until
+    the guesser has tried from many ports, other clients of that IP log in."""
+    limit = 2
+    turn = new_server(AdminConfig(auth_failures_per_user=limit))
+    wrong = long_term_key("user-1", "stunner.l7mp.io", "nope")
+
+    def answer(method: int, attrs: Any, key: bytes, who: tuple[str, int]) -> int:
+        n = turn.nonces.issue(NOW, nonce_binding("udp", who))
+        (out,) = turn.handle_stun(ctx(who), build(method, attrs, key=key, nonce=n), NOW)
+        msg = stun.parse_message(out[2])
+        if msg.cls == stun.CLASS_SUCCESS:
+            return 0
+        return stun.decode_error_code(msg.get(stun.ATTR_ERROR_CODE) or b"")[0]
+
+    assert answer(stun.METHOD_ALLOCATE, UDP, KEY, OWNER) == 0
+    guesser = (OWNER[0], OWNER[1] + 1)
+    for _ in range(limit + 3):
+        assert answer(stun.METHOD_ALLOCATE, UDP, wrong, guesser) == 401
+    assert answer(stun.METHOD_ALLOCATE, UDP, KEY, guesser) == 401  # his 5-tuple is locked
+    assert answer(stun.METHOD_ALLOCATE, UDP, KEY, (OWNER[0], OWNER[1] + 2)) == 0  # a neighbour
+    # now he hops ports until the whole IP is locked for that user ...
+    for port in range(limit * AuthFailureLimiter.SHARED_IP_FACTOR):
+        answer(stun.METHOD_ALLOCATE, UDP, wrong, (OWNER[0], 50000 + port))
+    assert answer(stun.METHOD_ALLOCATE, UDP, KEY, (OWNER[0], 60000)) == 401
+    # ... and the owner's requests on its allocation, signed with its key, still pass
+    lifetime = [(stun.ATTR_LIFETIME, stun.encode_u32(600))]
+    assert answer(stun.METHOD_REFRESH, lifetime, KEY, OWNER) == 0
+    assert answer(stun.METHOD_CREATE_PERMISSION, peer_attr(PEER), KEY, OWNER) == 0
+    assert turn.auth_locked >= 2
