@@ -10,16 +10,25 @@ worker SIGKILLed: every allocation of the other worker refreshes and relays afte
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import ssl
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
 import pytest
 from helpers.multicore import Daemon, metric, run_daemon, wait_for_metric, worker_pids_by_index
+from helpers.tls_helpers import CertPair, cert, secure_config
 
+from stunner_dp.client.dtls import client_context
 from stunner_dp.client.turn import TurnClient, TurnError, check, error_code, relayed_address
-from stunner_dp.testing import udp_echo_peer
+from stunner_dp.config import parse_config
+from stunner_dp.daemon.supervisor import Supervisor
+from stunner_dp.testing import free_port, make_config, relay_window, udp_echo_peer
+
+__all__ = ["cert"]  # the fixture
 
 CLIENTS = 40
 TIMEOUT = 3.0
@@ -156,3 +165,97 @@ async def test_a_restarted_worker_gets_the_same_listener_sockets(tmp_path: Path)
         assert bound_inodes("tcp", daemon.port, listening=True) == groups["tcp"]
         held = socket_inodes(successor)
         assert groups["udp"] & held and groups["tcp"] & held
+
+
+async def _until(cond: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
+    for _ in range(int(seconds / 0.05)):
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never: {what}")
+
+
+def groups(port: int) -> tuple[set[int], set[int]]:
+    """The sockets bound to `port`: UDP, and TCP in LISTEN."""
+    return bound_inodes("udp", port), bound_inodes("tcp", port, listening=True)
+
+
+async def test_the_held_sockets_follow_the_config() -> None:
+    """Listeners moved to another port leave no socket behind on the old one; a restart after
+    the move keeps the new groups; a removed listener's port is freed; so is every port once
+    the supervisor stops."""
+    low, high = relay_window(20)
+    first, second = free_port(), free_port()
+    config = make_config(port=first, min_relay_port=low, max_relay_port=high)
+    sup = Supervisor(2, bind_host="127.0.0.1")
+    await sup.start(parse_config(config))
+    try:
+        udp, tcp = groups(first)
+        assert len(udp) == len(tcp) == 2, (udp, tcp)
+
+        for listener in config["listeners"]:
+            listener["port"] = second
+        await sup.apply(parse_config(config))
+        assert groups(first) == (set(), set())
+        udp, tcp = groups(second)
+        assert len(udp) == len(tcp) == 2, (udp, tcp)
+
+        slot = sup.slots[1]
+        victim = slot.pid
+        os.kill(victim, signal.SIGKILL)
+        await _until(lambda: sup.restarts == 1 and slot.alive, "worker 1 restarted")
+        assert slot.pid != victim
+        assert groups(second) == (udp, tcp)
+        assert udp & socket_inodes(slot.pid) and tcp & socket_inodes(slot.pid)
+
+        config["listeners"] = [lis for lis in config["listeners"] if lis["protocol"] == "TURN-UDP"]
+        await sup.apply(parse_config(config))
+        assert groups(second) == (udp, set())  # the UDP listener kept its sockets
+    finally:
+        await sup.stop()
+    assert groups(second) == (set(), set())
+
+
+async def test_tls_and_dtls_listeners_keep_their_sockets_and_serve_after_a_restart(
+    cert: CertPair,
+) -> None:
+    """TURN-TLS (a TCP group) and TURN-DTLS (a UDP group) on one port: a restarted worker gets
+    the same sockets back, and both workers serve TLS and DTLS Allocates on them."""
+    low, high = relay_window(40)
+    port = free_port()
+    config = secure_config(
+        cert, port, ("TURN-TLS", "TURN-DTLS"), min_relay_port=low, max_relay_port=high
+    )
+    sup = Supervisor(2, bind_host="127.0.0.1")
+    await sup.start(parse_config(config))
+    try:
+        before = groups(port)
+        assert len(before[0]) == len(before[1]) == 2, before
+        slot = sup.slots[0]
+        victim = slot.pid
+        os.kill(victim, signal.SIGKILL)
+        await _until(lambda: sup.restarts == 1 and slot.alive, "worker 0 restarted")
+        assert groups(port) == before
+        tls = ssl.create_default_context(cafile=str(cert.cert_path))
+        dtls = client_context(cafile=cert.cert_path)
+        clients = []
+        try:
+            for transport in ("tls", "dtls") * 8:  # spread by the kernel over both workers
+                client = TurnClient(
+                    ("127.0.0.1", port),
+                    transport,
+                    timeout=TIMEOUT,
+                    ssl_context=tls,
+                    dtls_context=dtls,
+                )
+                await client.connect()
+                clients.append(client)
+                check(await client.allocate("test-user", "test-pass"), f"{transport} Allocate")
+            await sup.refresh()
+            per_worker = {w: s.allocations for w, s in sup.stats().workers.per_worker.items()}
+            assert sorted(per_worker) == ["0", "1"] and all(per_worker.values()), per_worker
+        finally:
+            for client in clients:
+                client.close()
+    finally:
+        await sup.stop()
