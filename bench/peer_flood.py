@@ -13,7 +13,8 @@ order, so this holds whether or not the big request gets an answer of its own), 
 if any.
 
     .venv/bin/python bench/peer_flood.py                      # 10,000 rules, 4,000 peers
-    .venv/bin/python bench/peer_flood.py --rules 2 --peers 4000
+    .venv/bin/python bench/peer_flood.py --also-small          # and again with 2 rules
+    .venv/bin/python bench/peer_flood.py --peers 120 --cap 0   # peers judged, no cap
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def endpoint_ip(i: int) -> str:
     return str(IPv4Address(BASE + 4 * i))  # spaced out, so no two share a /31
 
 
-def serve(rules: int, ready: Any, stop: Any) -> None:
+def serve(rules: int, cap: int | None, ready: Any, stop: Any) -> None:
     """The server process: start, say where it listens, run until told to stop."""
     import uvloop
 
@@ -56,8 +57,15 @@ def serve(rules: int, ready: Any, stop: Any) -> None:
 
     async def main() -> None:
         endpoints = [endpoint_ip(i) for i in range(rules)]
+        admin: dict[str, Any] = {"name": "peer-flood", "healthcheck_endpoint": ""}
+        if cap is not None:
+            admin["max_permissions_per_allocation"] = cap
         async with start_turn_server(
-            protocols=("TURN-UDP",), username=USER, password=PASSWORD, endpoints=endpoints
+            protocols=("TURN-UDP",),
+            username=USER,
+            password=PASSWORD,
+            endpoints=endpoints,
+            admin=admin,
         ) as handle:
             ready.send((handle.host, handle.port))
             loop = asyncio.get_running_loop()
@@ -176,11 +184,11 @@ def bystander(server: tuple[str, int], stop: threading.Event, rtts: list[float])
             time.sleep(0.002)
 
 
-def run(rules: int, peers: int) -> dict[str, Any]:
+def run(rules: int, peers: int, cap: int | None = None) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     ready_r, ready_w = ctx.Pipe(duplex=False)
     stop_r, stop_w = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=serve, args=(rules, ready_w, stop_r), daemon=True)
+    proc = ctx.Process(target=serve, args=(rules, cap, ready_w, stop_r), daemon=True)
     proc.start()
     try:
         if not ready_r.poll(60):
@@ -207,6 +215,7 @@ def run(rules: int, peers: int) -> dict[str, Any]:
         return {
             "rules": rules,
             "peers": peers,
+            "permission_cap": "default" if cap is None else cap,
             "request_bytes": size,
             "big_request_s": round(took, 4),
             "big_request_answer": answer,
@@ -227,10 +236,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rules", type=int, default=10_000, help="cluster endpoints")
     parser.add_argument("--peers", type=int, default=4_000, help="XOR-PEER-ADDRESS in one request")
+    parser.add_argument(
+        "--cap", type=int, default=None, help="max_permissions_per_allocation (0: unlimited)"
+    )
     parser.add_argument("--also-small", action="store_true", help="also run with 2 rules")
     args = parser.parse_args()
     for rules in (args.rules, 2) if args.also_small else (args.rules,):
-        print(json.dumps(run(rules, args.peers)), flush=True)
+        print(json.dumps(run(rules, args.peers, args.cap)), flush=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from stunner_dp.turn.types import Addr
 from .certs import tls_context
 from .counters import ListenerCounters
 from .listener import Listener
+from .offload import OffloadSwitch
 from .relay import RelayPool
 from .sockets import SocketProvider
 from .tcp import StreamListener
@@ -85,6 +86,7 @@ class Server:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started_at = time.time()
         self.idle = asyncio.Event()  # set whenever no allocation is left (for drain)
+        self.offload = OffloadSwitch()  # the kernel fast path (admin.offload_engine)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -110,6 +112,7 @@ class Server:
                 "no listener could start: " + "; ".join(self.failed_listeners.values())
             )
         check_fd_limit(self.config)
+        self.offload.configure(self.config, self.relays, self._turn)
         self._timer = asyncio.create_task(self._tick_forever())
         return self
 
@@ -120,6 +123,7 @@ class Server:
         if self._turn is not None:
             self._turn.close()
             self.process_events()
+        self.offload.off(self.relays)  # after the allocations: their counts are folded in
         for name in list(self.listeners):
             self._stop_listener(name)
 
@@ -259,6 +263,8 @@ class Server:
             self._stop_listener(name)
         self.config = config
         self._turn.update_config(config, PeerAccess.from_config(config, self._dns_answers))
+        if self.relays is not None:  # offload on/off: allocations stay
+            self.offload.configure(config, self.relays, self._turn)
         for name in [n for n in self.failed_listeners if config.listener(n) is None]:
             del self.failed_listeners[name]
         # Every configured listener that is not running starts: the new and restarted ones, and
@@ -308,6 +314,7 @@ class Server:
         turn, relays = self.turn, self.relays
         if turn is None or relays is None:
             return StatsSnapshot()
+        self.offload.fold()  # what the kernel relayed, into the channels' counters
         # relayed traffic per listener (framed: ChannelData) and per cluster, as
         # [rx_packets, rx_bytes, tx_packets, tx_bytes]
         framed: dict[str, list[int] | None] = dict.fromkeys(relays.counters)
@@ -375,6 +382,7 @@ class Server:
                 malformed=turn.malformed,
                 internal_errors=turn.internal_errors,
             ),
+            offload=self.offload.stats(),
         )
 
     def process_events(self) -> None:

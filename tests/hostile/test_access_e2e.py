@@ -300,3 +300,47 @@ async def test_wildcard_cannot_be_talked_into_loopback(peer: str) -> None:
     finally:
         if target.transport is not None:
             target.transport.close()
+
+
+# -- the server's own addresses (issue 13 item 10) --------------------------------------------
+
+
+async def test_a_datagram_cannot_cross_two_allocations_nor_reach_a_listener() -> None:
+    """A cluster that covers all of loopback covers this server's own sockets too: the relay
+    ports of other allocations and the listener port. None of them is a peer: CreatePermission
+    and ChannelBind are 403, and a Send indication towards them goes nowhere (a datagram once
+    crossed five allocations this way)."""
+    peer = await open_peer("127.0.0.1")
+    try:
+        async with (
+            start_turn_server(protocols=("TURN-UDP",), endpoints=["127.0.0.0/8"]) as ts,
+            UdpTurn(ts.address) as a,
+            UdpTurn(ts.address) as b,
+        ):
+            relay_a, relay_b = relayed(await a.allocate()), relayed(await b.allocate())
+            listener = ("127.0.0.1", ts.port)
+            for own in (relay_b, listener, ("127.0.0.2", ts.port)):
+                assert code(await a.permit(own)) == DENIED, own
+                assert code(await a.bind(0x4001, own)) == DENIED, own
+            assert code(await b.permit(relay_a)) == DENIED
+            # a permission for the loopback address itself (any other port) is fine
+            assert code(await a.permit(peer.address)) == OK
+            assert code(await b.permit(peer.address)) == OK
+            # a Binding request relayed to our own listener would come back as a Data
+            # indication from it; a datagram to B's relay would reach B
+            tid = b"own-listener"
+            binding = stun.encode_message(stun.METHOD_BINDING, stun.CLASS_REQUEST, tid)
+            a.send_indication(listener, binding)
+            a.send_indication(relay_b, b"crossed into B")
+            a.send_indication(peer.address, b"to the peer")  # control: Send works
+            assert await wait_for(peer, b"to the peer")
+            peer.sendto(b"canary-a", relay_a)
+            peer.sendto(b"canary-b", relay_b)
+            got_a = await client_gets(a, b"canary-a")
+            got_b = await client_gets(b, b"canary-b")
+            assert not any(tid in g for g in got_a), got_a
+            assert not any(b"crossed" in g for g in got_b), got_b
+            assert [d for d, _ in peer.got] == [b"to the peer"]
+    finally:
+        if peer.transport is not None:
+            peer.transport.close()
