@@ -458,6 +458,7 @@ class Supervisor:
         slot.stats = None
         if self._draining and code == 0:
             log.info("worker drained and exited", worker=slot.index, pid=process.pid)
+            self._close_sockets(slot)  # not restarted: its share of each group goes to the rest
             return
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         log.error(

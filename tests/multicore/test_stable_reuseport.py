@@ -259,3 +259,31 @@ async def test_tls_and_dtls_listeners_keep_their_sockets_and_serve_after_a_resta
                 client.close()
     finally:
         await sup.stop()
+
+
+async def test_a_worker_that_drained_and_exited_leaves_the_groups() -> None:
+    """While draining, a worker that got SIGTERM exits once idle and is not restarted: its
+    sockets are closed, so its share of the clients goes to the workers still serving."""
+    port = free_port()
+    low, high = relay_window(20)
+    config = make_config(port=port, min_relay_port=low, max_relay_port=high)
+    sup = Supervisor(2, bind_host="127.0.0.1")
+    await sup.start(parse_config(config))
+    try:
+        udp, tcp = groups(port)
+        assert len(udp) == len(tcp) == 2, (udp, tcp)
+        sup.set_draining(True)
+        slot = sup.slots[0]
+        process = slot.process
+        assert process is not None
+        os.kill(slot.pid, signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 30)
+        await _until(
+            lambda: all(len(group) == 1 for group in groups(port)), "its sockets left the groups"
+        )
+        survivor = socket_inodes(sup.slots[1].pid)
+        assert groups(port) == (udp & survivor, tcp & survivor)
+        assert len(udp & survivor) == len(tcp & survivor) == 1
+        assert sup.restarts == 0
+    finally:
+        await sup.stop()
