@@ -257,8 +257,10 @@ def load_initial_config(args: argparse.Namespace) -> StunnerConfig | None:
     return load_config_file(origin)
 
 
-def stunnerd_main(argv: list[str] | None = None) -> int:
-    args = stunnerd_parser().parse_args(argv)
+def stunnerd_main(argv: list[str] | None = None, prog: str = "stunnerd") -> int:
+    parser = stunnerd_parser()
+    parser.prog = prog  # `stunner-dp run --help` names itself
+    args = parser.parse_args(argv)
     try:
         resolve_config_origin(args)
     except DiscoveryRefused as exc:
@@ -287,19 +289,53 @@ def stunnerd_main(argv: list[str] | None = None) -> int:
     return run_daemon(args, config)
 
 
+# `stunner-dp COMMAND`: (name, what it does); the daemon is the default command
+COMMANDS = (
+    ("run", "the TURN/STUN daemon, the same as `stunnerd` (the default: stunnerd's flags)"),
+    ("probe", "check a TURN server step by step: Binding, Allocate, ..., a relayed round trip"),
+    ("ice", "print the ICE server configuration for a config file, as stunner-auth-service"),
+)
+
+
+def main_help() -> str:
+    lines = [
+        "usage: stunner-dp [run] [stunnerd flags] [turn://USER:PASS@ADDR:PORT]",
+        "       stunner-dp probe turn://USER:PASS@HOST:PORT [--peer HOST:PORT]",
+        "       stunner-dp ice -c CONFIG [--user U] [--ttl S]",
+        "",
+        "stunner-dp: a TURN/STUN server, drop-in dataplane for STUNner",
+        "",
+        "commands:",
+        *(f"  {name:<7}{about}" for name, about in COMMANDS),
+        "",
+        "`stunner-dp COMMAND --help` shows a command's flags; with no command (or a flag first)",
+        "stunner-dp is the daemon: `stunner-dp -c stunnerd.yaml` = `stunnerd -c stunnerd.yaml`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "probe":
+    command = argv[0] if argv else ""
+    if command in ("-h", "--help", "help"):
+        sys.stdout.write(main_help())
+        return 0
+    if command == "probe":
         from stunner_dp.client.probe import probe_main
 
         return probe_main(argv[1:])
-    if argv and argv[0] == "ice":
+    if command == "ice":
         from stunner_dp.client.ice import ice_main
 
         return ice_main(argv[1:])
-    if argv and argv[0] == "run":
-        argv = argv[1:]
-    return stunnerd_main(argv)
+    if command == "run":
+        return stunnerd_main(argv[1:], prog="stunner-dp run")
+    if command and not command.startswith("-") and ":" not in command:
+        # neither a flag nor a turn: URI: a mistyped command, not the daemon's URI argument
+        names = ", ".join(name for name, _ in COMMANDS)
+        print(f"stunner-dp: unknown command {command!r} (commands: {names})", file=sys.stderr)
+        return 2
+    return stunnerd_main(argv, prog="stunner-dp")
 
 
 if __name__ == "__main__":
