@@ -14,15 +14,19 @@ import random
 import socket
 import struct
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from stunner_dp.config import ListenerConfig
 from stunner_dp.observe.logs import get_logger
 from stunner_dp.stun import FAMILY_IPV6, data_indication
-from stunner_dp.turn.allocation import Allocation
+from stunner_dp.turn.allocation import Allocation, Channel
 from stunner_dp.turn.types import Addr
 
 from . import gso
 from .counters import ListenerCounters
+
+if TYPE_CHECKING:
+    from .offload import OffloadController
 
 log = get_logger("net")
 
@@ -89,6 +93,16 @@ class RelaySocket:
             reader = self._on_readable if batching else self._on_readable_plain
             self._loop.add_reader(self._sock.fileno(), reader)
             self._reading = True
+
+    def channel_bound(self, allocation: Allocation, channel: Channel) -> None:
+        offload = self._pool.offload
+        if offload is not None:
+            offload.bind(self._sock, allocation, channel)
+
+    def channel_unbound(self, channel: Channel) -> None:
+        offload = self._pool.offload
+        if offload is not None:
+            offload.unbind(channel)
 
     def close(self) -> None:
         if self._reading:
@@ -245,6 +259,8 @@ class RelayPool:
         self._advertised: dict[tuple[str, int], str] = {}
         self._bind_ips: dict[tuple[str, int], str] = {}
         self.exhausted = 0  # Allocates that found no free port
+        # the kernel fast path's control plane while it is on (Server owns it)
+        self.offload: OffloadController | None = None
 
     def advertised_ip(self, listener: ListenerConfig, family: int) -> str:
         key = (listener.address, family)

@@ -53,6 +53,11 @@ class UdpListener:
         return int(self._sock.getsockname()[1])
 
     @property
+    def sock(self) -> socket.socket:
+        """The listener socket (the offload control plane reads its local address)."""
+        return self._sock
+
+    @property
     def connections_open(self) -> int:
         return len(self._server.allocations.get(self.name, {}))  # no connections: allocations
 

@@ -40,6 +40,8 @@ __all__ = [
     "Figures",
     "Kind",
     "ListenerStats",
+    "OffloadPassStats",
+    "OffloadStats",
     "ServerStats",
     "StatsSnapshot",
     "WorkerStats",
@@ -386,6 +388,52 @@ class ServerStats(Figures):
 
 
 @dataclass(frozen=True, slots=True)
+class OffloadPassStats(Figures):
+    """Packets the kernel fast path saw and left to user space for one reason."""
+
+    packets: int = counter(
+        "stunner_offload_passed_packets",
+        "Packets the kernel fast path left to user space, by reason (no_entry: not a binding "
+        "of this process; error_dropped: dropped half-way through a rewrite)",
+    )
+
+
+_O_PACKETS = (
+    "stunner_offload_packets",
+    "ChannelData relayed by the kernel fast path (tx: to peers, rx: from peers); also counted "
+    "in the listener and cluster metrics",
+)
+_O_BYTES = (
+    "stunner_offload_bytes",
+    "UDP payload bytes relayed by the kernel fast path (tx: to peers, rx: from peers)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadStats(Figures):
+    """The kernel fast path (admin.offload_engine): what it holds and what it relayed."""
+
+    active: int = gauge(
+        "stunner_offload_active", "Server processes whose kernel fast path is loaded"
+    )
+    entries: int = gauge(
+        "stunner_offload_entries", "Channel bindings installed in the kernel fast path"
+    )
+    installs: int = counter(
+        "stunner_offload_installs", "Channel bindings installed in the kernel fast path"
+    )
+    install_failures: int = counter(
+        "stunner_offload_install_failures",
+        "Channel bindings left to user space because the kernel could not take them",
+    )
+    tx_packets: int = counter(*_O_PACKETS, direction="tx")
+    tx_bytes: int = counter(*_O_BYTES, direction="tx")
+    rx_packets: int = counter(*_O_PACKETS, direction="rx")
+    rx_bytes: int = counter(*_O_BYTES, direction="rx")
+    passed: Mapping[str, OffloadPassStats] = rows(OffloadPassStats, "reason")
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerStats(Figures):
     """One live worker process of a supervisor."""
 
@@ -413,4 +461,5 @@ class StatsSnapshot(Figures):
     clusters: Mapping[str, ClusterStats] = rows(ClusterStats, "name")
     # part() and local() are dataclasses.field() with metadata: no shared default
     server: ServerStats = part(ServerStats)  # noqa: RUF009
+    offload: OffloadStats = part(OffloadStats)  # noqa: RUF009
     workers: WorkersStats | None = local(WorkersStats)  # noqa: RUF009

@@ -8,6 +8,10 @@ The shell's hot path reads three dicts of an allocation directly and nothing els
 
 They hold only what may flow *now*: a channel whose peer lost its permission is taken out of
 the first two until the permission is renewed, so the hot path needs no expiry check.
+
+Every change of the live channels is told to the relay handle (`channel_bound` /
+`channel_unbound`, kept in `announced`), synchronously: the kernel fast path installs and
+removes its entries there, so it never relays a channel that the hot-path dicts would not.
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ class Allocation:
     soonest: float = math.inf  # when the first permission or channel expires (kept by _sync)
     # expired entries' counts, by (cluster, framed), so churn does not grow a list
     retired: dict[tuple[str, bool], Traffic] = field(default_factory=dict)
+    # the live channels the relay handle was told of (channel_bound, not yet channel_unbound)
+    announced: dict[int, Channel] = field(default_factory=dict)
 
     @property
     def relay_addr(self) -> Addr:
@@ -141,12 +147,31 @@ class Allocation:
         perm = self.permissions.get(peer[0])
         return perm is not None and peer[1] in perm.ports
 
+    def release(self) -> None:
+        """The allocation ends: no channel of it may carry media any more."""
+        for chan in list(self.announced.values()):
+            self._unannounce(chan)
+        self.channels = {}
+        self.peer_channels = {}
+
+    def _unannounce(self, chan: Channel) -> None:
+        if self.announced.get(chan.number) is chan:
+            del self.announced[chan.number]
+            self.relay.channel_unbound(chan)
+
     def _sync_channels(self) -> None:
-        """Rebuild the hot-path channel views from the bindings that hold a permission, and
-        note the next permission or channel expiry (so the timer need not look inside)."""
+        """Rebuild the hot-path channel views from the bindings that hold a permission, tell
+        the relay handle what changed, and note the next permission or channel expiry (so the
+        timer need not look inside)."""
         live = [c for c in self.bindings.values() if self._peer_allowed(c.peer)]
         self.channels = {c.number: c for c in live}
         self.peer_channels = {c.peer: c for c in live}
+        for chan in [c for n, c in self.announced.items() if self.channels.get(n) is not c]:
+            self._unannounce(chan)
+        for number, chan in self.channels.items():
+            if number not in self.announced:
+                self.announced[number] = chan
+                self.relay.channel_bound(self, chan)
         self.soonest = min(
             min((p.expires for p in self.permissions.values()), default=math.inf),
             min((c.expires for c in self.bindings.values()), default=math.inf),
@@ -156,6 +181,8 @@ class Allocation:
     # -- accounting ----------------------------------------------------------------------------
 
     def _retire(self, gone: Traffic) -> None:
+        if isinstance(gone, Channel):  # its counts from outside this process first
+            self._unannounce(gone)
         key = (gone.cluster, gone.framed)
         total = self.retired.setdefault(key, Traffic(gone.cluster, gone.framed))
         total.out_packets += gone.out_packets

@@ -293,6 +293,7 @@ class TurnServer:
         if self.user_allocations[alloc.quota_user] <= 0:
             del self.user_allocations[alloc.quota_user]
         self.limits.release(alloc.quota_user)
+        alloc.release()  # channels stop relaying (in the kernel too) before the counts are summed
         alloc.relay.attach(None)
         alloc.relay.close()
         for t in alloc.traffic():

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from stunner_dp.config import ListenerConfig
-    from stunner_dp.turn.allocation import Allocation
+    from stunner_dp.turn.allocation import Allocation, Channel
 
 Addr = tuple[str, int]
 """An (ip text, port) pair; IPv6 addresses from sockets may carry flow info and scope id too."""
@@ -52,6 +52,18 @@ class RelayHandle(Sink, Protocol):
 
     def attach(self, allocation: Allocation | None) -> None:
         """Route datagrams that arrive on this socket to `allocation` (None detaches)."""
+        ...
+
+    def channel_bound(self, allocation: Allocation, channel: Channel) -> None:
+        """`channel` may carry media now (bound, and its peer permitted): called synchronously
+        by the state machine before the answer that makes it usable leaves (the kernel fast
+        path installs its entry here)."""
+        ...
+
+    def channel_unbound(self, channel: Channel) -> None:
+        """`channel` may no longer carry media (expired, its permission gone or revoked, the
+        allocation deleted): called at once, before its counters are summed up; whatever
+        relays it outside this process stops here and folds its counts into `channel`."""
         ...
 
     def close(self) -> None: ...

@@ -25,7 +25,7 @@ from stunner_dp.config import (
     StunnerConfig,
 )
 from stunner_dp.stun import Message
-from stunner_dp.turn.allocation import Allocation
+from stunner_dp.turn.allocation import Allocation, Channel
 from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Addr, Context, Output
 
@@ -103,7 +103,9 @@ class FakeLink:
 
 
 class FakeRelay:
-    """A relay handle with a made-up port; records attach/close."""
+    """A relay handle with a made-up port; records attach/close, and the channel_bound /
+    channel_unbound calls (the kernel fast path's install/remove): `offloaded` is what an
+    offload would relay now, (channel number, peer) -> Channel."""
 
     def __init__(self, factory: FakeRelayFactory, address: Addr) -> None:
         self._factory = factory
@@ -112,6 +114,20 @@ class FakeRelay:
         self.close_count = 0
         self.sent: list[tuple[bytes, Addr]] = []
         self.sendto = lambda data, addr: self.sent.append((data, addr))
+        self.offload_calls: list[tuple[str, int, Addr]] = []  # ("bound"/"unbound", number, peer)
+        self.offloaded: dict[tuple[int, Addr], Channel] = {}
+
+    def channel_bound(self, allocation: Allocation, channel: Channel) -> None:
+        key = (channel.number, channel.peer)
+        assert key not in self.offloaded, f"channel {key} announced twice"
+        assert allocation.relay is self
+        self.offloaded[key] = channel
+        self.offload_calls.append(("bound", *key))
+
+    def channel_unbound(self, channel: Channel) -> None:
+        key = (channel.number, channel.peer)
+        assert self.offloaded.pop(key, None) is channel, f"channel {key} was not announced"
+        self.offload_calls.append(("unbound", *key))
 
     @property
     def address(self) -> Addr:
