@@ -28,6 +28,7 @@ from stunner_dp.turn.types import Addr
 
 from .certs import tls_context
 from .counters import ListenerCounters
+from .fds import FD_RESERVE
 from .listener import Listener
 from .offload import OffloadSwitch
 from .relay import RelayPool
@@ -190,7 +191,9 @@ class Server:
                     time.time,
                     counters,
                 )
-                context = tls_context(listener) if listener.transport == "tls" else None
+                # TLS is started per connection, after the stream listener's connection caps
+                stream.tls = tls_context(listener) if listener.transport == "tls" else None
+                context = None
                 stream.asyncio_server = await (
                     self._loop.create_server(stream.protocol, sock=adopted, ssl=context)
                     if adopted
@@ -402,9 +405,6 @@ class Server:
             self.idle.set()
         else:
             self.idle.clear()
-
-
-FD_RESERVE = 64  # descriptors kept back for logs, metrics, health checks, DNS and accepts
 
 
 def allocations_fd_allows() -> tuple[int, int] | None:
