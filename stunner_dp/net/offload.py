@@ -55,6 +55,7 @@ from .udp import UdpListener
 log = get_logger("offload")
 
 XDP_NOT_SUPPORTED = "XDP offload is not supported, using TC"
+REASON_MAX = 300  # characters of a load failure's reason in its log line
 SOURCE_CACHE_MAX = 4096  # route-source answers kept (client and peer IPs), cleared when full
 
 __all__ = [
@@ -287,10 +288,13 @@ class OffloadSwitch:
             controller = OffloadController.load(admin.offload_interfaces, config.listener)
         except OffloadError as exc:
             self.reason = exc.reason
+            # one line: a verifier refusal carries its whole log, the line keeps its head
+            short = " ".join(exc.reason.split())
+            short = short if len(short) <= REASON_MAX else short[:REASON_MAX] + "..."
             if engine == "Auto":
-                log.info(f"kernel offload not used (Auto): {exc.reason}; relaying in user space")
+                log.info(f"kernel offload not used (Auto): {short}; relaying in user space")
             else:
-                log.warning(f"kernel offload cannot load: {exc.reason}; relaying in user space")
+                log.warning(f"kernel offload cannot load: {short}; relaying in user space")
             return
         self.controller = relays.offload = controller
         for alloc in turn.all_allocations():

@@ -167,9 +167,13 @@ def offload_unavailable_reason() -> str | None:
     if _kernel_version() < MIN_KERNEL:
         return "kernel {}.{} is too old (needs >= {}.{})".format(*_kernel_version(), *MIN_KERNEL)
     caps = _cap_effective()
-    has_bpf = bool(caps & (1 << _CAP_BPF)) or bool(caps & (1 << _CAP_SYS_ADMIN))
-    if not (has_bpf and caps & (1 << _CAP_NET_ADMIN)):
-        return "not permitted (needs CAP_BPF and CAP_NET_ADMIN, or root)"
+    admin = bool(caps & (1 << _CAP_SYS_ADMIN))
+    has_bpf = bool(caps & (1 << _CAP_BPF)) or admin
+    # CAP_PERFMON: the verifier allows the CO-RE read of skb->ip_summed (pointer arithmetic
+    # on a trusted kernel pointer) only with it (measured: refused with BPF + NET_ADMIN alone)
+    has_perfmon = bool(caps & (1 << _CAP_PERFMON)) or admin
+    if not (has_bpf and has_perfmon and caps & (1 << _CAP_NET_ADMIN)):
+        return "not permitted (needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or root)"
     if not Path("/sys/kernel/btf/vmlinux").exists():
         return "no BTF (/sys/kernel/btf/vmlinux is missing: CONFIG_DEBUG_INFO_BTF)"
     try:

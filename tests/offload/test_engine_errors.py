@@ -12,9 +12,18 @@ from stunner_dp.offload import libbpf as bpf
 def test_unprivileged_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine, "_cap_effective", lambda: 0)
     assert offload_unavailable_reason() == \
-        "not permitted (needs CAP_BPF and CAP_NET_ADMIN, or root)"
+        "not permitted (needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or root)"
     with pytest.raises(OffloadError, match="not permitted"):
         OffloadEngine.load(["lo"])
+
+
+def test_bpf_and_net_admin_without_perfmon_is_not_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    caps = (1 << engine._CAP_BPF) | (1 << engine._CAP_NET_ADMIN)
+    monkeypatch.setattr(engine, "_cap_effective", lambda: caps)
+    assert "CAP_PERFMON" in (offload_unavailable_reason() or "")
+    monkeypatch.setattr(engine, "_cap_effective", lambda: caps | (1 << engine._CAP_PERFMON))
+    reason = offload_unavailable_reason()
+    assert reason is None or "not permitted" not in reason
 
 
 def test_old_kernel_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
