@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -62,21 +63,86 @@ def escape_fields(_logger: Any, _method: str, event: MutableMapping[str, Any]) -
     return event
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time of the line (as logging's lastResort does),
+    so a handler left on the root logger never holds a closed stream."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def _formatter(fmt: str) -> logging.Formatter:
+    """One renderer for every record: structlog's own lines and any other library's (asyncio,
+    aiohttp, warnings), with their tracebacks; each string field escaped, so one line each."""
+    renderer: Any
+    if fmt == "json":
+        # tracebacks as data; no locals: they would put keys and passwords in the log
+        tracebacks: Any = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        )
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        tracebacks = structlog.processors.format_exc_info
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.StackInfoRenderer(),
+            tracebacks,
+            escape_fields,
+            renderer,
+        ],
+    )
+
+
+def _log_uncaught(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+    logging.getLogger("stunner_dp.stunner").critical(
+        "uncaught exception", exc_info=(kind, error, tb)
+    )
+
+
+def _log_uncaught_in_thread(args: Any) -> None:
+    if args.exc_type is not SystemExit:
+        _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback)
+
+
 def configure_logging(spec: str = "all:INFO", fmt: str = "text") -> None:
+    """Scope levels from `spec`; every line, ours and other libraries', in `fmt` (text or
+    json) on stderr. With json an uncaught exception is a JSON line too."""
     levels = parse_levels(spec)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler = _StderrHandler()
+    handler.setFormatter(_formatter(fmt))
+    top = logging.getLogger()
+    for old in [h for h in top.handlers if isinstance(h, _StderrHandler)]:
+        top.removeHandler(old)  # the one an earlier call (a reload) put there
+    top.addHandler(handler)  # asyncio, aiohttp, py.warnings: the other libraries' lines
+    top.setLevel(levels["all"])
+    logging.captureWarnings(True)
     root = logging.getLogger("stunner_dp")
     root.handlers[:] = [handler]
     root.propagate = False
     root.setLevel(levels["all"])
     for scope in SCOPES:
         logging.getLogger(f"stunner_dp.{scope}").setLevel(levels.get(scope, levels["all"]))
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
-    )
+    if fmt == "json":
+        sys.excepthook, threading.excepthook = _log_uncaught, _log_uncaught_in_thread
+    else:
+        if sys.excepthook is _log_uncaught:
+            sys.excepthook = sys.__excepthook__
+        if threading.excepthook is _log_uncaught_in_thread:
+            threading.excepthook = threading.__excepthook__
     structlog.configure(
         processors=[
             # first: a line below its scope's level costs one check, not a rendering
@@ -84,8 +150,7 @@ def configure_logging(spec: str = "all:INFO", fmt: str = "text") -> None:
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            escape_fields,
-            renderer,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
