@@ -241,13 +241,16 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         bound, failed = self.dataplane.listener_state()
-        return status_document(
+        doc = status_document(
             self.config,
             state=self.state,
             bound=bound,
             failed=failed,
             allocation_count=self.dataplane.allocation_count,
         )
+        if self.origin is not None:  # is the origin connected, why was its last config refused
+            doc["config_origin"] = self.origin.state()
+        return doc
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -14,10 +14,10 @@ from stunner_dp.testing import free_port
 
 
 class CdsServer:
-    def __init__(self, *, answer_pings: bool = True) -> None:
+    def __init__(self, *, answer_pings: bool = True, port: int = 0) -> None:
         self.config: dict[str, Any] | str | None = None  # a str is sent as it is (bad JSON)
         self.answer_pings = answer_pings
-        self.port = 0
+        self.port = port  # 0: a free one; a given one to come back where a stopped server was
         self.gets = 0
         self.connects = 0
         self.pings = 0
@@ -38,7 +38,7 @@ class CdsServer:
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         for _ in range(5):
-            port = free_port(udp=False)
+            port = self.port or free_port(udp=False)
             site = web.TCPSite(self._runner, "127.0.0.1", port)
             try:
                 await site.start()
