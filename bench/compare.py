@@ -43,7 +43,10 @@ RESULTS = ROOT / "bench" / "results"
 USER, PASSWORD, REALM = "bench", "bench-pass", "bench.stunner-dp"
 REF_RATE = 20_000  # the rate the CPU-per-packet and latency figures are taken at
 STUNNER = "stunner-dp"
+OFFLOAD = "stunner-dp offload"  # stunner-dp with admin.offload_engine: TC (the kernel fast path)
 COTURN = "coturn"
+DIRECT = "direct"  # no server: the generator sends the same payloads straight to the peer sink
+STUNNERS = (STUNNER, OFFLOAD)
 
 
 # -- servers ---------------------------------------------------------------------------------------
@@ -64,14 +67,18 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-def stunner_config(port: int, low: int, high: int, tcp: bool) -> str:
+def stunner_config(
+    port: int, low: int, high: int, tcp: bool, offload: bool = False, metrics_port: int = 0
+) -> str:
     listeners = [("udp-listener", "TURN-UDP")] + ([("tcp-listener", "TURN-TCP")] if tcp else [])
+    metrics = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else ""
     lines = [
         "version: v1",
         "admin:",
         "  name: bench",
         "  loglevel: all:WARNING",
-        '  metrics_endpoint: ""',
+        f'  metrics_endpoint: "{metrics}"',
+        *(["  offload_engine: TC"] if offload else []),
         '  healthcheck_endpoint: ""',
         # All the generator's clients share 127.0.0.1: the per-IP limit on unauthenticated
         # answers (anti-reflection) would throttle the Allocate benchmark. coturn has none.
@@ -202,6 +209,28 @@ class ServerProc:
         stop_pid(self.proc)
         self._log.close()
 
+    metrics_port = 0  # stunner-dp's metrics endpoint, when the variant has one
+
+    def metrics(self) -> dict[str, float]:
+        """`name{labels}` -> value from the server's /metrics ({} when it has none)."""
+        if not self.metrics_port:
+            return {}
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return {}
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    out[key] = out.get(key, 0.0) + float(value)
+        return out
+
 
 _running: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -243,6 +272,9 @@ class Round:
     alloc: AllocResult | None = None
     clients: int = 0
     client_errors: dict[str, int] = field(default_factory=dict)
+    # the offload variant: stunner_offload_* as the server reported them (active, entries after
+    # setup; packets relayed in the kernel by the end of the round)
+    offload: dict[str, float] = field(default_factory=dict)
 
     def at(self, rate: float) -> RunResult | None:
         runs = [r for r in self.sweep if r.rate == rate]
@@ -254,6 +286,7 @@ class Round:
             "index": self.index,
             "clients": self.clients,
             "client_errors": self.client_errors,
+            "offload": self.offload,
             "sweep": [r.as_dict() for r in self.sweep],
             "echo": self.echo.as_dict() if self.echo else None,
             "alloc": asdict(self.alloc) if self.alloc else None,
@@ -264,6 +297,7 @@ class Round:
 class Options:
     quick: bool = False
     servers: tuple[str, ...] = (STUNNER, COTURN)
+    direct: bool = True  # a DIRECT round first in each alternation: the machine-wide baseline
     rounds: int = 2
     duration: float = 3.0
     rates: list[float] = field(default_factory=list)
@@ -296,8 +330,16 @@ def start_server(name: str, opts: Options, tmp: str) -> ServerProc:
         argv = coturn_cmd(port, opts.relay_low, opts.relay_high, tmp)
     else:
         cfg = Path(tmp, "stunnerd.yaml")
+        metrics_port = free_port() if name == OFFLOAD else 0
         cfg.write_text(
-            stunner_config(port, opts.relay_low, opts.relay_high, opts.transport == "tcp")
+            stunner_config(
+                port,
+                opts.relay_low,
+                opts.relay_high,
+                opts.transport == "tcp",
+                offload=name == OFFLOAD,
+                metrics_port=metrics_port,
+            )
         )
         template = opts.stunner_cmd or default_stunner_cmd()
         if opts.ref:
@@ -318,6 +360,8 @@ def start_server(name: str, opts: Options, tmp: str) -> ServerProc:
         if opts.workers:
             argv += ["-u", str(opts.workers)]
     server = ServerProc(name, argv, port, cpus, log, cwd)
+    if name == OFFLOAD:
+        server.metrics_port = metrics_port
     try:
         server.wait_ready()
     except BaseException:
@@ -326,7 +370,61 @@ def start_server(name: str, opts: Options, tmp: str) -> ServerProc:
     return server
 
 
+def offload_unavailable() -> str | None:
+    """Why stunner-dp's kernel fast path cannot load on this host (None: it should)."""
+    try:
+        from stunner_dp.offload import offload_unavailable_reason
+    except ImportError as exc:
+        return f"stunner_dp.offload: {exc}"
+    return offload_unavailable_reason()
+
+
+def _metric(figures: dict[str, float], name: str, **labels: str) -> float:
+    """The sum of the series of ``name`` whose labels include ``labels``."""
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    names = (name, f"{name}_total")  # counters carry the suffix
+    return sum(
+        v for k, v in figures.items() if k.partition("{")[0] in names and all(w in k for w in want)
+    )
+
+
+def offload_figures(server: ServerProc) -> dict[str, float]:
+    m = server.metrics()
+    if not m:
+        return {"scraped": 0.0}
+    return {
+        "scraped": 1.0,
+        "active": _metric(m, "stunner_offload_active"),
+        "entries": _metric(m, "stunner_offload_entries"),
+        "install_failures": _metric(m, "stunner_offload_install_failures"),
+        "tx_packets": _metric(m, "stunner_offload_packets", direction="tx"),
+        "rx_packets": _metric(m, "stunner_offload_packets", direction="rx"),
+        "passed_packets": _metric(m, "stunner_offload_passed_packets"),
+    }
+
+
+def run_direct_round(gen: Generator, index: int, opts: Options) -> Round:
+    """The baseline: the same generator, clients and paced sweep, straight into the sink."""
+    say = print if opts.verbose else (lambda *a, **k: None)
+    rnd = Round(DIRECT, index, clients=opts.clients)
+    try:
+        gen.direct(opts.clients)
+        rnd.sweep = gen.sweep(
+            opts.rates,
+            opts.duration,
+            size=opts.size,
+            refine=opts.refine,
+            raw=True,
+            on_result=lambda r: say(f"  [{DIRECT} #{index}] {loadgen.fmt_run(r)}"),
+        )
+    finally:
+        gen.reset()
+    return rnd
+
+
 def run_round(gen: Generator, name: str, index: int, opts: Options, tmp: str) -> Round:
+    if name == DIRECT:
+        return run_direct_round(gen, index, opts)
     say = print if opts.verbose else (lambda *a, **k: None)
     rnd = Round(name, index)
     server = start_server(name, opts, tmp)
@@ -342,6 +440,16 @@ def run_round(gen: Generator, name: str, index: int, opts: Options, tmp: str) ->
         )
         if done == 0:
             raise RuntimeError(f"{name}: no client could allocate: {gen.last_errors}")
+        if name == OFFLOAD:
+            rnd.offload = offload_figures(server)
+            o = rnd.offload
+            if not o.get("active"):
+                say(
+                    f"  [{name} #{index}] WARNING: the kernel fast path is not active "
+                    f"({o}); this variant measures the Python path (see the server log)"
+                )
+            else:
+                say(f"  [{name} #{index}] offload active, {o['entries']:.0f} entries")
 
         def show(r: RunResult) -> None:
             say(f"  [{name} #{index}] {loadgen.fmt_run(r)}")
@@ -358,6 +466,15 @@ def run_round(gen: Generator, name: str, index: int, opts: Options, tmp: str) ->
             opts.echo_rate, opts.duration, size=opts.size, echo=True, server_pid=server.pid
         )
         show(rnd.echo)
+        if name == OFFLOAD and rnd.offload.get("scraped"):
+            after = offload_figures(server)
+            for key in ("tx_packets", "rx_packets", "passed_packets", "install_failures"):
+                rnd.offload[key] = after.get(key, 0.0)
+            say(
+                f"  [{name} #{index}] relayed in the kernel: {after.get('tx_packets', 0):,.0f} "
+                f"to peers, {after.get('rx_packets', 0):,.0f} to clients; "
+                f"{after.get('passed_packets', 0):,.0f} passed to user space"
+            )
         if opts.allocations:
             rnd.alloc = gen.allocation_rate(addr, creds, opts.allocations, server.pid, tcp=tcp)
             a = rnd.alloc
@@ -383,12 +500,21 @@ def _mean(values: list[float]) -> float:
 
 def summarize(rounds: list[Round]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
+    baseline = {r.index: r.at(REF_RATE) for r in rounds if r.server == DIRECT}
     for name in dict.fromkeys(r.server for r in rounds):
         mine = [r for r in rounds if r.server == name]
         ref = [r.at(REF_RATE) for r in mine]
         ref_ok = [r for r in ref if r is not None]
+        added = []  # each round against the direct run of the same alternation
+        for rnd, run in zip(mine, ref, strict=True):
+            base = baseline.get(rnd.index)
+            if run is not None and base is not None and name != DIRECT:
+                added.append(run.machine_cpu_us_per_pkt - base.machine_cpu_us_per_pkt)
         out[name] = {
             "cpu_us_per_pkt": _mean([r.cpu_us_per_pkt for r in ref_ok]),
+            "machine_us_per_pkt": _mean([r.machine_cpu_us_per_pkt for r in ref_ok]),
+            "added_us_per_pkt": _mean(added),
+            "other_cpu_pct": _mean([r.other_cpu_pct for r in ref_ok]),
             "max_lossless_pps": _mean([loadgen.max_lossless(r.sweep) for r in mine]),
             "allocs_per_s": _mean([r.alloc.per_second for r in mine if r.alloc]),
             "cpu_us_per_alloc": _mean(
@@ -404,14 +530,25 @@ def summarize(rounds: list[Round]) -> dict[str, dict[str, float]]:
     return out
 
 
+_K = REF_RATE // 1000
 ROWS = [
-    ("cpu_us_per_pkt", f"server CPU per relayed packet at {REF_RATE // 1000} kpps (µs)", "{:.2f}"),
+    ("cpu_us_per_pkt", f"server CPU per relayed packet at {_K} kpps, server PID (µs)", "{:.2f}"),
+    (
+        "machine_us_per_pkt",
+        f"machine-wide CPU per packet at {_K} kpps, all CPUs, softirq included (µs)",
+        "{:.2f}",
+    ),
+    (
+        "added_us_per_pkt",
+        f"added CPU per relayed packet at {_K} kpps: machine-wide less direct (µs)",
+        "{:.2f}",
+    ),
     ("max_lossless_pps", "max lossless rate, loss < 1 % (packets/s)", "{:,.0f}"),
     ("allocs_per_s", "allocations/s (Allocate 401+auth, CreatePermission, ChannelBind)", "{:,.0f}"),
     ("cpu_us_per_alloc", "server CPU per allocation, full sequence (µs)", "{:,.0f}"),
     ("bytes_per_alloc", "memory per allocation (RSS bytes)", "{:,.0f}"),
-    ("ow_p50_us", f"one-way latency p50 at {REF_RATE // 1000} kpps (µs)", "{:,.0f}"),
-    ("ow_p99_us", f"one-way latency p99 at {REF_RATE // 1000} kpps (µs)", "{:,.0f}"),
+    ("ow_p50_us", f"one-way latency p50 at {_K} kpps (µs)", "{:,.0f}"),
+    ("ow_p99_us", f"one-way latency p99 at {_K} kpps (µs)", "{:,.0f}"),
     ("rtt_p50_us", "round-trip latency p50, echo at {echo} kpps (µs)", "{:,.0f}"),
     ("rtt_p99_us", "round-trip latency p99, echo at {echo} kpps (µs)", "{:,.0f}"),
 ]
@@ -424,36 +561,63 @@ def table(
     echo_rate: float = REF_RATE / 2,
 ) -> str:
     names = list(summary)
-    both = STUNNER in summary and COTURN in summary
-    head = ["metric", *names] + (["stunner-dp / coturn"] if both else [])
+    ratios = [n for n in STUNNERS if n in summary and COTURN in summary]
+    head = ["metric", *names] + [f"{n} / coturn" for n in ratios]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, label, fmt in ROWS:
         cells = [label.format(echo=f"{echo_rate / 1000:g}")]
         for n in names:
             v = summary[n][key]
             cells.append("n/a" if math.isnan(v) else fmt.format(v))
-        if both:
-            a, b = summary[STUNNER][key], summary[COTURN][key]
+        for n in ratios:
+            a, b = summary[n][key], summary[COTURN][key]
             cells.append(f"{a / b:.2f}" if b and not math.isnan(a / b) else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     if rounds:
         lines.append(
-            "\nper round (server #round: max lossless pps; CPU µs/packet and p99 µs at "
-            f"{REF_RATE // 1000} kpps; allocations/s):"
+            "\nper round (server #round: max lossless pps; at "
+            f"{_K} kpps: server-PID / machine-wide CPU µs per packet, one-way p99 µs, other "
+            "processes' CPU %; allocations/s):"
         )
         for r in rounds:
             ref = r.at(REF_RATE)
             lines.append(
                 f"  {r.server} #{r.index}: {loadgen.max_lossless(r.sweep):,.0f}; "
-                + (f"{ref.cpu_us_per_pkt:.2f}, {ref.ow_p99_us:,.0f}; " if ref else "n/a; ")
+                + (
+                    f"{ref.cpu_us_per_pkt:.2f} / {ref.machine_cpu_us_per_pkt:.2f}, "
+                    f"{ref.ow_p99_us:,.0f}, {ref.other_cpu_pct:.0f} %; "
+                    if ref
+                    else "n/a; "
+                )
                 + (f"{r.alloc.per_second:,.0f}" if r.alloc else "n/a")
+                + (
+                    f"; kernel relayed {r.offload.get('tx_packets', 0):,.0f} to peers, "
+                    f"{r.offload.get('rx_packets', 0):,.0f} to clients"
+                    if r.offload.get("active")
+                    else ("; OFFLOAD NOT ACTIVE" if r.server == OFFLOAD else "")
+                )
             )
-    lines.append(f"\ngenerator ceiling (plain UDP sink, no server): {ceiling:,.0f} packets/s")
+    lines.append(
+        f"\ngenerator ceiling (unpaced, plain UDP sink, no server): {ceiling:,.0f} packets/s"
+    )
+    direct = summary.get(DIRECT, {}).get("max_lossless_pps", float("nan"))
+    if not math.isnan(direct):
+        lines.append(f"direct ceiling (the paced sweep, no server): {direct:,.0f} packets/s")
+    limit = direct if not math.isnan(direct) and direct > 0 else ceiling
     for n in names:
-        if summary[n]["max_lossless_pps"] >= 0.9 * ceiling:
+        if n != DIRECT and summary[n]["max_lossless_pps"] >= 0.9 * limit:
             lines.append(
-                f"note: {n}'s max lossless rate is near the generator ceiling: a lower bound"
+                f"note: {n}'s max lossless rate is within 10 % of the generator's direct "
+                "ceiling: a lower bound, the generator's limit"
             )
+    busy = [n for n in names if summary[n]["other_cpu_pct"] >= 5]
+    if busy:
+        lines.append(
+            "note: other processes used CPU during the runs ("
+            + ", ".join(f"{n} {summary[n]['other_cpu_pct']:.0f} %" for n in busy)
+            + " of a CPU at the reference rate); the machine-wide figures leave it out, but not "
+            "the softirq it caused"
+        )
     return "\n".join(lines)
 
 
@@ -467,7 +631,7 @@ def plot(rounds: list[Round], path: Path) -> Path | None:
         print("matplotlib is not installed (pip install -e .[bench]): no plot")
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    colors = {STUNNER: "tab:blue", COTURN: "tab:orange"}
+    colors = {STUNNER: "tab:blue", OFFLOAD: "tab:green", COTURN: "tab:orange", DIRECT: "gray"}
     for rnd in rounds:
         xs = [r.offered_pps / 1000 for r in rnd.sweep]
         c = colors.get(rnd.server, "tab:gray")
@@ -522,6 +686,13 @@ def run(opts: Options) -> dict[str, Any]:
     if COTURN in servers and not shutil.which("turnserver"):
         say("turnserver is not installed: stunner-dp only")
         servers.remove(COTURN)
+    if OFFLOAD in servers:
+        why = offload_unavailable()
+        if why:
+            say(f"the kernel fast path cannot load here ({why}): no offload variant")
+            servers.remove(OFFLOAD)
+    if opts.direct:
+        servers.insert(0, DIRECT)
     rounds: list[Round] = []
     t0 = time.monotonic()
     with (
@@ -575,7 +746,17 @@ def parse_args(argv: list[str] | None) -> Options:
         description="Benchmark stunner-dp against coturn (see the README, Performance)."
     )
     p.add_argument("--quick", action="store_true", help="about one minute")
-    p.add_argument("--only", choices=("stunner", "coturn"), help="benchmark one server")
+    p.add_argument("--only", choices=("stunner", "coturn", "offload"), help="benchmark one server")
+    p.add_argument(
+        "--offload",
+        action="store_true",
+        help="add stunner-dp with admin.offload_engine: TC (the kernel fast path; needs root)",
+    )
+    p.add_argument(
+        "--no-direct",
+        action="store_true",
+        help="skip the direct client->peer baseline (no added-CPU figures then)",
+    )
     p.add_argument(
         "--server-cmd",
         default="",
@@ -608,10 +789,18 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--out", type=Path, default=RESULTS, help="where plot and JSON go")
     a = p.parse_args(argv)
     low, _, high = a.relay_range.partition("-")
-    servers = {"stunner": (STUNNER,), "coturn": (COTURN,), None: (STUNNER, COTURN)}[a.only]
+    servers = {
+        "stunner": (STUNNER,),
+        "coturn": (COTURN,),
+        "offload": (OFFLOAD,),
+        None: (STUNNER, COTURN),
+    }[a.only]
+    if a.offload and OFFLOAD not in servers:  # stunner-dp, then offloaded, then coturn
+        servers = tuple(n for n in (STUNNER, OFFLOAD, COTURN) if n in servers or n == OFFLOAD)
     return Options(
         quick=a.quick,
         servers=servers,
+        direct=not a.no_direct,
         rounds=a.rounds if a.rounds is not None else 2,
         refine=1 if a.quick else 2,
         duration=a.duration if a.duration is not None else (1.0 if a.quick else 3.0),

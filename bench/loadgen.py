@@ -114,6 +114,36 @@ def cpu_seconds(pid: int) -> float:
     return total / _CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent not idle, summed over CPUs (/proc/stat "cpu" line):
+    every process, kernel thread, interrupt and softirq. Offloaded packets are processed in the
+    softirq of whichever process sent them, so no single PID holds their cost."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    # user nice system idle iowait irq softirq steal (guest and guest_nice are in user already)
+    ticks = [int(v) for v in fields[:8]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / _CLK_TCK
+
+
+def other_cpu_seconds(ours: set[int]) -> float:
+    """utime + stime of every user-space process outside ``ours`` (other work on a shared
+    machine; kernel threads, children of kthreadd, are kept: ksoftirqd runs our softirqs)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in ours:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if entry == "2" or fields[1] == b"2":  # kthreadd and kernel threads
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / _CLK_TCK
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` and its descendants."""
     total = 0
@@ -749,6 +779,11 @@ class RunResult:
     sink_drops: int = 0
     server_drops: int = 0
     gen_cpu_pct: float = float("nan")  # sender + sink processes, % of one CPU
+    # Machine-wide CPU (/proc/stat: all CPUs, processes, kernel threads, irq and softirq) per
+    # packet delivered, less what processes outside this benchmark used in the same window.
+    machine_cpu_us_per_pkt: float = float("nan")
+    machine_raw_us_per_pkt: float = float("nan")  # the same, nothing subtracted
+    other_cpu_pct: float = float("nan")  # processes outside the benchmark, % of one CPU
     echo: bool = False
     duration: float = 0.0
     rate: float = 0.0
@@ -913,9 +948,15 @@ class Generator:
             else float("nan"),
         )
 
+    def direct(self, clients: int) -> None:
+        """Replace the traffic clients by ``clients`` plain UDP sockets connected to the sink:
+        later runs (``raw=True``) send the same payloads with no server and no ChannelData
+        header, the baseline a relay's cost is measured against."""
+        self._ask_all([("direct", self.peer, n) for n in self._split(clients)], 10)
+
     def ceiling(self, clients: int = 64, duration: float = 1.0, size: int = 160) -> RunResult:
         """Unpaced (very high offered rate) sending straight into the sink, no server."""
-        self._ask_all([("direct", self.peer, n) for n in self._split(clients)], 10)
+        self.direct(clients)
         return self.run(5_000_000, duration, size=size, raw=True)
 
     def run(
@@ -941,9 +982,12 @@ class Generator:
         cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
         sdrops0 = socket_drops(server_pid) if server_pid else 0
         gcpu0 = self.cpu_seconds()
+        ours = set(descendants(os.getpid()))  # this process, its generator and its servers
+        other0, busy0 = other_cpu_seconds(ours), machine_busy_seconds()
         shares = [rate / self.procs] * self.procs
         cmds = [("run", rid, r, duration, size, start_ns, echo, raw) for r in shares]
         replies = self._ask_all(cmds, duration + DRAIN_S + 30)
+        busy1, other1 = machine_busy_seconds(), other_cpu_seconds(ours)
         cpu1 = cpu_seconds(server_pid) if server_pid else 0.0
         sdrops1 = socket_drops(server_pid) if server_pid else 0
         gcpu1 = self.cpu_seconds()
@@ -962,6 +1006,8 @@ class Generator:
         rtt99 = max(r["rtt_p99_us"] for r in rtts) if rtts else float("nan")
         cpu = cpu1 - cpu0
         delivered = echoed if echo else received
+        window = duration + DRAIN_S + 0.05
+        busy, other = busy1 - busy0, max(0.0, other1 - other0)
         return RunResult(
             offered_pps=sent / duration,
             delivered_pps=delivered / duration,
@@ -980,6 +1026,9 @@ class Generator:
             sink_drops=s["drops"] - drops0,
             server_drops=sdrops1 - sdrops0,
             gen_cpu_pct=100.0 * (gcpu1 - gcpu0) / (duration + DRAIN_S + 0.05),
+            machine_cpu_us_per_pkt=(busy - other) * 1e6 / relayed if relayed else float("nan"),
+            machine_raw_us_per_pkt=busy * 1e6 / relayed if relayed else float("nan"),
+            other_cpu_pct=100.0 * other / window,
             echo=echo,
             duration=duration,
             rate=rate,
@@ -995,6 +1044,7 @@ class Generator:
         stop_after_losses: int = 2,
         refine: int = 0,
         on_result: Callable[[RunResult], None] | None = None,
+        raw: bool = False,
     ) -> list[RunResult]:
         """Runs at increasing rates; stops after ``stop_after_losses`` consecutive lossy runs.
         Then ``refine`` bisection steps between the best lossless rate and the lossy rate above
@@ -1003,7 +1053,7 @@ class Generator:
         lossy = 0
 
         def one(rate: float) -> RunResult:
-            r = self.run(rate, duration, size=size, server_pid=server_pid)
+            r = self.run(rate, duration, size=size, server_pid=server_pid, raw=raw)
             out.append(r)
             if on_result:
                 on_result(r)
@@ -1050,6 +1100,8 @@ def fmt_run(r: RunResult) -> str:
         f"offered {r.offered_pps:9.0f} pps  delivered {r.delivered_pps:9.0f} pps  "
         f"loss {r.loss_pct:6.2f} %  one-way p50/p99 {r.ow_p50_us:7.0f}/{r.ow_p99_us:7.0f} us"
         f"{rtt}  cpu {r.cpu_us_per_pkt:6.2f} us/pkt"
+        + f"  machine {r.machine_cpu_us_per_pkt:6.2f} us/pkt"
+        + (f" (others {r.other_cpu_pct:.0f} %)" if r.other_cpu_pct >= 5 else "")
         + f"  gen {r.gen_cpu_pct:3.0f} % cpu"
         + (f"  drops: server {r.server_drops} sink {r.sink_drops}" if r.loss_pct > 0 else "")
     )

@@ -6,6 +6,7 @@ It checks that the benchmark still runs end to end and relays packets through ea
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 from pathlib import Path
@@ -44,8 +45,13 @@ def test_compare_smoke(tmp_path: Path, relay_window: tuple[int, int], transport:
         out_dir=tmp_path,
     )
     result = compare.run(opts)
-    assert [r["server"] for r in result["rounds"]] == SERVERS
-    for rnd in result["rounds"]:
+    assert [r["server"] for r in result["rounds"]] == [compare.DIRECT, *SERVERS]
+    direct, *rounds = result["rounds"]
+    assert [r["rate"] for r in direct["sweep"]] == [200.0, 500.0]
+    assert all(r["received"] > 0 for r in direct["sweep"]), "the baseline reached no sink"
+    for rnd in result["rounds"]:  # machine-wide CPU is measured for every run, baseline too
+        assert all(math.isfinite(r["machine_cpu_us_per_pkt"]) for r in rnd["sweep"])
+    for rnd in rounds:
         assert rnd["clients"] == 4, rnd["client_errors"]
         assert [r["rate"] for r in rnd["sweep"]] == [200.0, 500.0]
         for run in rnd["sweep"]:
