@@ -7,8 +7,10 @@ The first byte of an input picks the target, the rest is the datagram:
 - even: the codec. parse_message, every attribute decoder, parse_channel_data and
   stream_frame_length may raise StunError and nothing else.
 - odd: the state machine, as in tests/hostile (OWNER holds an allocation with a permission and
-  a channel). The second byte picks the source (owner or stranger), the listener (UDP or TCP)
-  and the entry point (handle_stun or handle_channel_data). Any exception, an unsigned message
+  a channel). The second byte picks the source (owner or stranger), the listener (UDP or TCP),
+  the entry point (handle_stun or handle_channel_data) and the credentials (static, or
+  ephemeral TURN REST API users, whose usernames carry the expiry the parser must survive).
+  Any exception (handle_stun must never raise, nor count an internal error), an unsigned message
   that changes state, two answers to one request, or an unauthenticated answer with SOFTWARE,
   a long nonce or more than 4.4x the request's size is a crash.
 
@@ -34,6 +36,7 @@ with atheris.instrument_imports():
         loaded_server,
         snapshot,
         validly_signed,
+        validly_signed_rest,
     )
 
     from stunner_dp import stun
@@ -69,7 +72,8 @@ def _codec(data: bytes) -> None:
 
 
 def _state_machine(selector: int, data: bytes) -> None:
-    turn, _ = loaded_server()
+    ephemeral = bool(selector & 8)
+    turn, _ = loaded_server(ephemeral=ephemeral)
     source = OWNER if selector & 1 else STRANGER
     listener = "tcp" if selector & 2 else "udp"
     before = snapshot(turn)
@@ -79,7 +83,8 @@ def _state_machine(selector: int, data: bytes) -> None:
         assert all(len(payload) <= len(data) - 4 for _, _, payload in out)
         return
     out = turn.handle_stun(ctx(source, listener), data, NOW + 1)
-    signed = validly_signed(data)
+    assert turn.internal_errors == 0, "handle_stun hit an unexpected exception"
+    signed = validly_signed_rest(data) if ephemeral else validly_signed(data)
     if not signed:
         assert snapshot(turn) == before, "state changed without MESSAGE-INTEGRITY"
     try:

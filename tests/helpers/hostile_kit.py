@@ -13,7 +13,7 @@ from stunner_dp import stun
 from stunner_dp.config import AdminConfig, AuthConfig, ClusterConfig, ListenerConfig, StunnerConfig
 from stunner_dp.testing import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from stunner_dp.turn.allocation import Allocation
-from stunner_dp.turn.auth import long_term_key
+from stunner_dp.turn.auth import ephemeral_password, long_term_key
 from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Addr, Context
 
@@ -28,6 +28,33 @@ STRANGER: Addr = ("192.0.2.66", 40666)  # has none
 PEER: Addr = ("93.184.216.34", 7000)  # permitted, channel 0x4000
 OTHER_PEER: Addr = ("93.184.216.35", 7001)  # global, not permitted
 CHANNEL = 0x4000
+# ephemeral (TURN REST API) auth: the server `new_server(ephemeral=True)` holds this secret
+REST_SECRET = "hostile-rest-secret"
+REST_USER = f"{int(NOW) + 86400}:alice"  # good for a day after NOW
+
+
+def rest_key(username: str, realm: str = REALM, secret: str = REST_SECRET) -> bytes:
+    """The long-term key of a TURN REST API username."""
+    return long_term_key(username, realm, ephemeral_password(secret, username))
+
+
+REST_KEY = rest_key(REST_USER)
+# usernames a REST API parser must survive: not-ASCII digits, no timestamp, expired, huge,
+# empty parts, control characters
+HOSTILE_REST_USERS = (
+    "\u00b2:x",
+    "1\u00b2:alice",
+    "\u0663\u0663\u0663:alice",
+    "\uff11\uff12:alice",
+    "alice",
+    ":",
+    "::::",
+    f"{int(NOW) - 1}:alice",
+    "9" * 400 + ":alice",
+    f"alice:{int(NOW) + 60}",
+    "0:0:0",
+    "evil\x00\x1b[31m:1",
+)
 
 Attrs = list[tuple[int, bytes]]
 
@@ -89,10 +116,17 @@ class FakeLink:
         self.sent.append((bytes(data), addr))
 
 
-def sm_config(admin: AdminConfig | None = None, realm: str = REALM) -> StunnerConfig:
+def sm_config(
+    admin: AdminConfig | None = None, realm: str = REALM, *, ephemeral: bool = False
+) -> StunnerConfig:
+    auth = (
+        AuthConfig(type="ephemeral", realm=realm, secret=REST_SECRET)
+        if ephemeral
+        else AuthConfig(type="static", realm=realm, username=USER, password=PASSWORD)
+    )
     return StunnerConfig(
         admin=admin or AdminConfig(),
-        auth=AuthConfig(type="static", realm=realm, username=USER, password=PASSWORD),
+        auth=auth,
         listeners=(
             ListenerConfig(name="udp", protocol="TURN-UDP", address=RELAY_IP, routes=("pub",)),
             ListenerConfig(name="tcp", protocol="TURN-TCP", address=RELAY_IP, routes=("pub",)),
@@ -101,9 +135,14 @@ def sm_config(admin: AdminConfig | None = None, realm: str = REALM) -> StunnerCo
     )
 
 
-def new_server(admin: AdminConfig | None = None, realm: str = REALM) -> TurnServer:
+def new_server(
+    admin: AdminConfig | None = None, realm: str = REALM, *, ephemeral: bool = False
+) -> TurnServer:
     return TurnServer(
-        sm_config(admin, realm), FakeRelays(), nonce_secret=b"s" * 32, software=SOFTWARE
+        sm_config(admin, realm, ephemeral=ephemeral),
+        FakeRelays(),
+        nonce_secret=b"s" * 32,
+        software=SOFTWARE,
     )
 
 
@@ -191,10 +230,24 @@ def corpus(nonce: str) -> list[bytes]:
     return out
 
 
-def loaded_server(admin: AdminConfig | None = None) -> tuple[TurnServer, Allocation]:
+def rest_corpus(nonce: str) -> list[bytes]:
+    """Requests of every method signed by TURN REST API users: the good one, and each of
+    HOSTILE_REST_USERS signed with the password the secret gives it."""
+    out: list[bytes] = []
+    for method, attrs in method_bodies().values():
+        out.append(build(method, attrs, key=REST_KEY, nonce=nonce, username=REST_USER))
+        for user in HOSTILE_REST_USERS:
+            out.append(build(method, attrs, key=rest_key(user), nonce=nonce, username=user))
+    return out
+
+
+def loaded_server(
+    admin: AdminConfig | None = None, *, ephemeral: bool = False
+) -> tuple[TurnServer, Allocation]:
     """A server where OWNER holds an allocation with a permission for PEER and channel
-    0x4000 bound to it."""
-    turn = new_server(admin)
+    0x4000 bound to it (with `ephemeral`, made by REST_USER)."""
+    turn = new_server(admin, ephemeral=ephemeral)
+    key, username = (REST_KEY, REST_USER) if ephemeral else (KEY, USER)
     c = ctx(OWNER)
     nonce = turn.nonce_for(c, NOW)
     for method, attrs in (
@@ -207,7 +260,8 @@ def loaded_server(admin: AdminConfig | None = None) -> tuple[TurnServer, Allocat
             ],
         ),
     ):
-        out = turn.handle_stun(c, build(method, attrs, key=KEY, nonce=nonce), NOW)
+        data = build(method, attrs, key=key, nonce=nonce, username=username)
+        out = turn.handle_stun(c, data, NOW)
         assert out and stun.parse_message(out[0][2]).cls == stun.CLASS_SUCCESS
     turn.drain_events()
     return turn, turn.allocations["udp"][OWNER]
@@ -233,6 +287,20 @@ def validly_signed(data: bytes, key: bytes = KEY) -> bool:
     except stun.StunError:
         return False
     return msg.has(stun.ATTR_MESSAGE_INTEGRITY) and msg.check_integrity(key)
+
+
+def validly_signed_rest(data: bytes) -> bool:
+    """Signed with the key REST_SECRET gives its own USERNAME (whether or not that username
+    is a valid one)."""
+    try:
+        msg = stun.parse_message(data)
+        raw = msg.get(stun.ATTR_USERNAME)
+        username = stun.decode_text(raw) if raw is not None else None
+    except stun.StunError:
+        return False
+    if username is None or not msg.has(stun.ATTR_MESSAGE_INTEGRITY):
+        return False
+    return msg.check_integrity(rest_key(username))
 
 
 # -- a UDP TURN client on real sockets -----------------------------------------------------
