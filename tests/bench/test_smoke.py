@@ -16,6 +16,8 @@ import loadgen
 import pytest
 
 SERVERS = [compare.STUNNER] + ([compare.COTURN] if shutil.which("turnserver") else [])
+# The kernel fast path variant where it can load (root, BTF, libbpf); one round more, UDP only.
+OFFLOAD = [compare.OFFLOAD] if compare.offload_unavailable() is None else []
 
 
 @pytest.fixture
@@ -26,8 +28,9 @@ def relay_window() -> tuple[int, int]:
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_compare_smoke(tmp_path: Path, relay_window: tuple[int, int], transport: str) -> None:
+    servers = [compare.STUNNER, *(OFFLOAD if transport == "udp" else []), *SERVERS[1:]]
     opts = compare.Options(
-        servers=tuple(SERVERS),
+        servers=tuple(servers),
         rounds=1,
         duration=0.4,
         rates=[200.0, 500.0],
@@ -45,7 +48,7 @@ def test_compare_smoke(tmp_path: Path, relay_window: tuple[int, int], transport:
         out_dir=tmp_path,
     )
     result = compare.run(opts)
-    assert [r["server"] for r in result["rounds"]] == [compare.DIRECT, *SERVERS]
+    assert [r["server"] for r in result["rounds"]] == [compare.DIRECT, *servers]
     direct, *rounds = result["rounds"]
     assert [r["rate"] for r in direct["sweep"]] == [200.0, 500.0]
     assert all(r["received"] > 0 for r in direct["sweep"]), "the baseline reached no sink"
@@ -60,6 +63,10 @@ def test_compare_smoke(tmp_path: Path, relay_window: tuple[int, int], transport:
             assert run["ow_p50_us"] > 0
         assert rnd["echo"]["delivered_pps"] > 0, f"{rnd['server']}: nothing echoed back"
         assert rnd["alloc"]["allocations"] == 20
+        if rnd["server"] == compare.OFFLOAD:  # the variant measured the kernel path
+            assert rnd["offload"]["active"] == 1
+            assert rnd["offload"]["entries"] == 4
+            assert rnd["offload"]["tx_packets"] > 0, "nothing relayed in the kernel"
     assert result["ceiling_pps"] > 0
     assert "stunner-dp" in result["table"]
     assert list(tmp_path.glob("compare-*.json"))
