@@ -30,9 +30,7 @@ for _name in dir(_module):
 
 def _offloaded(config: StunnerConfig | Any) -> StunnerConfig:
     parsed = config if isinstance(config, StunnerConfig) else parse_config(config)
-    admin = dataclasses.replace(
-        parsed.admin, offload_engine="TC", offload_interfaces=("lo",)
-    )
+    admin = dataclasses.replace(parsed.admin, offload_engine="TC", offload_interfaces=("lo",))
     return dataclasses.replace(parsed, admin=admin)
 
 

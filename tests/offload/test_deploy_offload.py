@@ -33,11 +33,19 @@ def test_the_offload_component_renders(tmp_path: Path) -> None:
             pytest.fail("kubectl is missing: CI must render the kustomizations")
         pytest.skip("kubectl is not installed")
     base = os.path.relpath(REPO / "deploy/kubernetes", tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [base], "components": [f"{base}/components/offload"]}))
-    out = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True,
-                         timeout=60)
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [base],
+                "components": [f"{base}/components/offload"],
+            }
+        )
+    )
+    out = subprocess.run(
+        [kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stderr
     [dep] = [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] == "Deployment"]
     pod = dep["spec"]["template"]["spec"]

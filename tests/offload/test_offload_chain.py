@@ -18,6 +18,7 @@ def test_a_packet_not_mine_reaches_the_next_program() -> None:
     try:
         second = OffloadEngine.load(["lo"])
         try:
+
             def addr(s: object) -> tuple[str, int]:
                 a = s.getsockname()  # type: ignore[attr-defined]
                 return a[0], a[1]

@@ -31,8 +31,13 @@ OFFLOAD = {"offload_engine": "TC", "offload_interfaces": ["lo"]}
 
 
 def admin(**extra: Any) -> dict[str, Any]:
-    return {"name": "offload-test", "loglevel": "all:INFO", "metrics_endpoint": "",
-            "healthcheck_endpoint": "", **extra}
+    return {
+        "name": "offload-test",
+        "loglevel": "all:INFO",
+        "metrics_endpoint": "",
+        "healthcheck_endpoint": "",
+        **extra,
+    }
 
 
 @asynccontextmanager
@@ -43,8 +48,11 @@ async def relay_setup(offload: bool = True) -> AsyncIterator[dict[str, Any]]:
     try:
         endpoints = [f"127.0.0.1:<{peer.address[1]}-{peer.address[1]}>"]
         async with (
-            start_turn_server(protocols=("TURN-UDP",), endpoints=endpoints,
-                              admin=admin(**(OFFLOAD if offload else {}))) as ts,
+            start_turn_server(
+                protocols=("TURN-UDP",),
+                endpoints=endpoints,
+                admin=admin(**(OFFLOAD if offload else {})),
+            ) as ts,
             UdpTurn(ts.address) as c,
         ):
             assert (ts.server.offload.controller is not None) is offload, ts.server.offload.reason
@@ -116,8 +124,7 @@ async def test_the_kernel_relays_every_packet_and_the_metrics_count_them() -> No
         assert lis.rx_bytes - lis0.rx_bytes == payload + 4 * N
         assert lis.tx_bytes - lis0.tx_bytes == payload + 4 * N
         cl = after.clusters["peers"]
-        assert (cl.tx_packets, cl.rx_packets, cl.tx_bytes, cl.rx_bytes) == (
-            N, N, payload, payload)
+        assert (cl.tx_packets, cl.rx_packets, cl.tx_bytes, cl.rx_bytes) == (N, N, payload, payload)
 
 
 async def _stopped(s: dict[str, Any], tag: bytes) -> None:
@@ -240,4 +247,3 @@ async def test_a_server_stops_with_its_program_detached() -> None:
         controller = ts.server.offload.controller
         assert controller is not None and controller.engine.attachments
     assert controller.engine.closed and ts.server.offload.controller is None
-

@@ -33,18 +33,28 @@ def stunnerd(
 ) -> Iterator[tuple[int, Path, subprocess.Popen[bytes]]]:
     port = free_port()
     low, high = relay_window(100)
-    admin = {"name": "offload", "loglevel": "all:INFO", "metrics_endpoint": "",
-             "healthcheck_endpoint": "", **OFFLOAD}
-    config = make_config(port=port, min_relay_port=low, max_relay_port=high,
-                         protocols=("TURN-UDP",), admin=admin,
-                         endpoints=["127.0.0.1" if peer_port is None
-                                    else f"127.0.0.1:<{peer_port}-{peer_port}>"])
+    admin = {
+        "name": "offload",
+        "loglevel": "all:INFO",
+        "metrics_endpoint": "",
+        "healthcheck_endpoint": "",
+        **OFFLOAD,
+    }
+    config = make_config(
+        port=port,
+        min_relay_port=low,
+        max_relay_port=high,
+        protocols=("TURN-UDP",),
+        admin=admin,
+        endpoints=["127.0.0.1" if peer_port is None else f"127.0.0.1:<{peer_port}-{peer_port}>"],
+    )
     path = tmp / "stunnerd.yaml"
     path.write_text(yaml.safe_dump(config))
     log = tmp / "stunnerd.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([*prefix, *stunnerd_command(), "-c", str(path)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [*prefix, *stunnerd_command(), "-c", str(path)], stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         assert wait_ready(proc, port, tcp=False), log.read_text(errors="replace")
         yield port, log, proc

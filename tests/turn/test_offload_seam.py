@@ -39,8 +39,9 @@ def mirrors(alloc: Allocation) -> bool:
     return relay_of(alloc).offloaded == {(c.number, c.peer): c for c in alloc.channels.values()}
 
 
-def bound(h: Harness, c: Client, number: int = 0x4000, peer: tuple[str, int] = PEER,
-          now: float = T0) -> Allocation:
+def bound(
+    h: Harness, c: Client, number: int = 0x4000, peer: tuple[str, int] = PEER, now: float = T0
+) -> Allocation:
     assert_success(c.channel_bind(number, peer, now=now), CHANNEL_BIND)
     alloc = h.allocation(c)
     assert mirrors(alloc)
@@ -135,8 +136,10 @@ def test_deleting_the_allocation_removes_every_channel_first() -> None:
     relay = relay_of(alloc)
     assert_success(c.refresh(0), stun.METHOD_REFRESH)
     assert relay.offloaded == {} and relay.closed
-    assert sorted(relay.offload_calls[-2:]) == [("unbound", 0x4000, PEER),
-                                                ("unbound", 0x4001, LOCAL)]
+    assert sorted(relay.offload_calls[-2:]) == [
+        ("unbound", 0x4000, PEER),
+        ("unbound", 0x4001, LOCAL),
+    ]
 
 
 def test_allocation_expiry_listener_removal_and_shutdown_remove_too() -> None:
