@@ -19,7 +19,11 @@ Defences, in the order a datagram from a new address meets them:
   ClientHellos are dropped and the client retransmits later.
 - A handshake must finish within `handshake_timeout`; its retransmissions are driven by
   OpenSSL's own timer (`DTLSv1_get_timeout` / `DTLSv1_handle_timeout`) on a loop timer.
-- An established association with no allocation and no datagram for `idle_timeout` is closed.
+- Associations (established or not) are capped per source IP (`admin.max_connections_per_ip`)
+  and in total (`admin.max_connections`), as TCP/TLS connections are; past a cap a verified
+  ClientHello is dropped.
+- An established association with no allocation and no datagram for
+  `admin.connection_idle_timeout` is closed (the end of its allocation starts that time).
 
 Lifetime of an allocation made over DTLS: it ends with its association (close_notify, a fatal
 alert, a new handshake from the same address, idle expiry once the allocation has expired), as
@@ -55,7 +59,6 @@ from .listener import dispatch_stun, send_outputs
 from .relay import READ_BATCH, RECV_SIZE
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds for a handshake, from the verified ClientHello to Finished
-IDLE_TIMEOUT = 60.0  # an association without an allocation, silent this long, is closed
 MAX_HANDSHAKES = 1024  # handshakes in progress on one listener
 MAX_HANDSHAKES_PER_IP = 32  # ... from one source IP
 COOKIE_PERIOD = 60  # seconds; a cookie is valid in its period and the next one
@@ -121,7 +124,7 @@ class DtlsListener:
         context: SSL.Context,
         *,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        idle_timeout: float = IDLE_TIMEOUT,
+        idle_timeout: float | None = None,
         max_handshakes: int = MAX_HANDSHAKES,
         max_handshakes_per_ip: int = MAX_HANDSHAKES_PER_IP,
         mtu: int = MTU,
@@ -135,17 +138,19 @@ class DtlsListener:
         self.loop = loop
         self.sock = sock
         self.handshake_timeout = handshake_timeout
-        self.idle_timeout = idle_timeout
+        self.idle_timeout = idle_timeout  # None: admin.connection_idle_timeout (0: never)
         self.max_handshakes = max_handshakes
         self.max_handshakes_per_ip = max_handshakes_per_ip
         self.mtu = mtu
         self.connections: dict[Addr, DtlsConnection] = {}
         self.connections_total = 0  # handshakes completed
         self.handshaking: dict[str, int] = {}  # handshakes in progress by source IP
+        self.per_ip: dict[str, int] = {}  # associations (any state) by source IP
         self.handshakes = 0
         # what the defences turned away, for tests and /status
         self.cookies_sent = 0
-        self.handshakes_refused = 0  # verified ClientHellos past a cap
+        self.handshakes_refused = 0  # verified ClientHellos past a handshake cap
+        self.associations_refused = 0  # ... past max_connections or max_connections_per_ip
         self.handshakes_failed = 0  # fatal alerts and timeouts during a handshake
         self._cookie_secret = os.urandom(32)
         context.set_cookie_generate_callback(self._make_cookie)
@@ -249,13 +254,26 @@ class DtlsListener:
             self.counters.dropped += 1
             return
         old = self.connections.get(client)
+        if old is None and not self._admits(ip):
+            self.associations_refused += 1
+            self.counters.dropped += 1
+            return
         if old is not None:
             old.close("connection closed")
         new = DtlsConnection(self, conn, client, hello_random(data))
         self.connections[client] = new
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
         self.handshakes += 1
         self.handshaking[ip] = self.handshaking.get(ip, 0) + 1
         new.handshake()
+
+    def _admits(self, ip: str) -> bool:
+        """Room for one more association from `ip` under the admin caps (read live)."""
+        admin = self.server.config.admin
+        if admin.max_connections and len(self.connections) >= admin.max_connections:
+            return False
+        per_ip = admin.max_connections_per_ip
+        return not per_ip or self.per_ip.get(ip, 0) < per_ip
 
     def send_raw(self, data: bytes, client: Addr) -> None:
         for datagram in pack_datagrams(data, self.mtu):
@@ -277,6 +295,12 @@ class DtlsListener:
     def forget(self, conn: DtlsConnection, established: bool, reason: str) -> None:
         if self.connections.get(conn.client) is conn:
             del self.connections[conn.client]
+            ip = conn.client[0]
+            left = self.per_ip.get(ip, 1) - 1
+            if left > 0:
+                self.per_ip[ip] = left
+            else:
+                self.per_ip.pop(ip, None)
             if established:
                 self.server.remove_client(self.name, conn.client, reason)
                 self.on_events()
@@ -297,12 +321,17 @@ class DtlsListener:
         if self._closed:
             return
         now = time.monotonic()
+        idle = self.idle_timeout
+        if idle is None:
+            idle = self.server.config.admin.connection_idle_timeout
         for conn in list(self.connections.values()):
             if not conn.established:
                 if now - conn.started > self.handshake_timeout:
                     self.handshakes_failed += 1
                     conn.close("handshake timed out")
-            elif now - conn.last_rx > self.idle_timeout and conn.client not in self._table:
+            elif conn.client in self._table:
+                conn.last_rx = now  # its idle time starts when the allocation ends
+            elif idle and now - conn.last_rx > idle:
                 conn.close("idle")
         self._sweeper = self.loop.call_later(SWEEP, self._sweep)
 

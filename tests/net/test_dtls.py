@@ -473,3 +473,27 @@ async def test_client_checks_the_host_name(cert: CertPair, name: str, error: str
             assert not client.established
         finally:
             client.close()
+
+
+async def test_associations_per_source_ip_are_capped(cert: CertPair) -> None:
+    """admin.max_connections_per_ip 2: a third association from 127.0.0.1 is refused, one from
+    127.0.0.5 is not; connection_idle_timeout (1 s) closes the idle ones, as over TCP."""
+    admin = {"max_connections_per_ip": 2, "connection_idle_timeout": 1}
+    async with secure_server(cert, DTLS, admin=admin) as srv:
+        lst = listener(srv)
+        assert lst.idle_timeout is None  # the config's
+        async with (
+            DtlsTurnClient(("127.0.0.1", srv.port), cert.cert_path) as one,
+            DtlsTurnClient(("127.0.0.1", srv.port), cert.cert_path),
+        ):
+            third = DtlsTurnClient(("127.0.0.1", srv.port), cert.cert_path, handshake=False)
+            async with third:
+                with pytest.raises(DtlsHandshakeError):
+                    await third.handshake(timeout=2.0)
+            assert lst.associations_refused >= 1
+            other = DtlsTurnClient(
+                ("127.0.0.1", srv.port), cert.cert_path, local_addr=("127.0.0.5", 0)
+            )
+            async with other:
+                await other.allocate(DEFAULT_USERNAME, DEFAULT_PASSWORD)
+            assert await until(lambda: one.closed_by_server, timeout=5.0)
