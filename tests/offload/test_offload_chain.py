@@ -4,6 +4,8 @@ does not handle goes on to the next program of the tcx chain (TCX_NEXT), it is n
 
 from __future__ import annotations
 
+import socket
+
 from conftest import channeldata, recv, recv_or_none, require_offload, udp_socket
 
 from stunner_dp.offload import OffloadEngine
@@ -13,30 +15,46 @@ CH = 0x4002
 
 def test_a_packet_not_mine_reaches_the_next_program() -> None:
     require_offload()
-    client, listener, relay, peer = (udp_socket("127.0.0.1") for _ in range(4))
-    first = OffloadEngine.load(["lo"])  # attached first, holds nothing for this binding
+    sockets: list[socket.socket] = []
     try:
-        second = OffloadEngine.load(["lo"])
+        for _ in range(4):
+            sockets.append(udp_socket("127.0.0.1"))
+        client, listener, relay, peer = sockets
+        first = OffloadEngine.load(["lo"])  # attached first, holds nothing for this binding
         try:
-
-            def addr(s: object) -> tuple[str, int]:
-                a = s.getsockname()  # type: ignore[attr-defined]
-                return a[0], a[1]
-
-            h = second.add_channel(addr(client), addr(listener), CH, addr(relay), addr(peer))
-            client.sendto(channeldata(CH, b"via-second"), addr(listener))
-            data, src = recv(peer)
-            assert (data, src) == (b"via-second", addr(relay))
-            assert recv_or_none(listener, 0.1) is None
-            peer.sendto(b"back", addr(relay))
-            data, src = recv(client)
-            assert (data, src) == (channeldata(CH, b"back"), addr(listener))
-            assert second.counters(h).fwd_packets == 1
-            assert second.counters(h).rev_packets == 1
-            assert first.pass_reasons()["no_entry"] >= 1
+            second = OffloadEngine.load(["lo"])
+            try:
+                _relay_through_second(first, second, client, listener, relay, peer)
+            finally:
+                second.close()
         finally:
-            second.close()
+            first.close()
     finally:
-        first.close()
-        for s in (client, listener, relay, peer):
+        for s in sockets:
             s.close()
+
+
+def _addr(s: socket.socket) -> tuple[str, int]:
+    a = s.getsockname()
+    return a[0], a[1]
+
+
+def _relay_through_second(
+    first: OffloadEngine,
+    second: OffloadEngine,
+    client: socket.socket,
+    listener: socket.socket,
+    relay: socket.socket,
+    peer: socket.socket,
+) -> None:
+    h = second.add_channel(_addr(client), _addr(listener), CH, _addr(relay), _addr(peer))
+    client.sendto(channeldata(CH, b"via-second"), _addr(listener))
+    data, src = recv(peer)
+    assert (data, src) == (b"via-second", _addr(relay))
+    assert recv_or_none(listener, 0.1) is None
+    peer.sendto(b"back", _addr(relay))
+    data, src = recv(client)
+    assert (data, src) == (channeldata(CH, b"back"), _addr(listener))
+    assert second.counters(h).fwd_packets == 1
+    assert second.counters(h).rev_packets == 1
+    assert first.pass_reasons()["no_entry"] >= 1
