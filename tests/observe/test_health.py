@@ -145,3 +145,27 @@ async def test_a_config_that_cannot_start_leaves_the_daemon_not_ready() -> None:
     finally:
         await daemon.stop()
         blocker.close()
+
+
+async def test_the_health_endpoint_binds_the_address_it_names() -> None:
+    """admin.healthcheck_endpoint http://127.0.0.2:<port> listens there only (an operator
+    points it at the pod IP so /status is not on every interface); [::1] works too."""
+    udp, health = ports(2)
+    config = _config(f"http://127.0.0.2:{health}", listener("udp", udp, ["peers"], window()))
+    daemon = Daemon(DaemonOptions(), config=parse_config(config))
+    try:
+        await daemon.start()
+        status, _ = await http_get(f"http://127.0.0.2:{health}/live")
+        assert status == 200
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", health)) != 0  # not on the other addresses
+        six = dict(
+            config, admin=dict(config["admin"], healthcheck_endpoint=f"http://[::1]:{health}")
+        )
+        assert await daemon.apply(parse_config(six))
+        status, _ = await http_get(f"http://[::1]:{health}/live")
+        assert status == 200
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.2", health)) != 0
+    finally:
+        await daemon.stop()
