@@ -294,6 +294,7 @@ COMMANDS = (
     ("run", "the TURN/STUN daemon, the same as `stunnerd` (the default: stunnerd's flags)"),
     ("probe", "check a TURN server step by step: Binding, Allocate, ..., a relayed round trip"),
     ("ice", "print the ICE server configuration for a config file, as stunner-auth-service"),
+    ("auth-service", "serve stunner-auth-service's HTTP API (TURN credentials, iceServers)"),
 )
 
 
@@ -302,11 +303,12 @@ def main_help() -> str:
         "usage: stunner-dp [run] [stunnerd flags] [turn://USER:PASS@ADDR:PORT]",
         "       stunner-dp probe turn://USER:PASS@HOST:PORT [--peer HOST:PORT]",
         "       stunner-dp ice -c CONFIG [--user U] [--ttl S]",
+        "       stunner-dp auth-service -c ORIGIN [-w] [--port 8088]",
         "",
         "stunner-dp: a TURN/STUN server, drop-in dataplane for STUNner",
         "",
         "commands:",
-        *(f"  {name:<7}{about}" for name, about in COMMANDS),
+        *(f"  {name:<14}{about}" for name, about in COMMANDS),
         "",
         "`stunner-dp COMMAND --help` shows a command's flags; with no command (or a flag first)",
         "stunner-dp is the daemon: `stunner-dp -c stunnerd.yaml` = `stunnerd -c stunnerd.yaml`.",
@@ -328,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         from stunner_dp.client.ice import ice_main
 
         return ice_main(argv[1:])
+    if command == "auth-service":
+        from stunner_dp.daemon.auth_service import auth_service_main
+
+        return auth_service_main(argv[1:])
     if command == "run":
         return stunnerd_main(argv[1:], prog="stunner-dp run")
     if command and not command.startswith("-") and ":" not in command:

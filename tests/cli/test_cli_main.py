@@ -17,7 +17,7 @@ from stunner_dp.testing import free_port, make_config, relay_window
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "config" / "stunnerd.yaml"
 RUN_TIMEOUT = 30
-COMMANDS = ("run", "probe", "ice")
+COMMANDS = ("run", "probe", "ice", "auth-service")
 
 
 def script(name: str) -> str:
@@ -107,7 +107,7 @@ def test_a_mistyped_command_is_named_not_taken_for_a_uri() -> None:
     result = run(script("stunner-dp"), "prob", "turn://u:p@127.0.0.1:3478")
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "stunner-dp: unknown command 'prob' (commands: run, probe, ice)"
+        "stunner-dp: unknown command 'prob' (commands: run, probe, ice, auth-service)"
     )
 
 
