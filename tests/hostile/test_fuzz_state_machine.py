@@ -37,6 +37,7 @@ from hypothesis.control import currently_in_test_context
 
 from stunner_dp import stun
 from stunner_dp.config import AdminConfig
+from stunner_dp.turn.ratelimit import UnauthLimiter
 
 FUZZ = settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -230,9 +231,17 @@ def test_a_longer_realm_grows_the_challenge_by_its_length_only() -> None:
 
 
 def test_rate_limit_applies_to_fuzzed_strangers_too() -> None:
-    turn = new_server(AdminConfig(unauth_rate_per_ip=5))
-    answered = sum(
-        len(turn.handle_stun(ctx(STRANGER), build(stun.METHOD_BINDING), NOW)) for _ in range(50)
-    )
-    assert answered == 10  # the burst: two seconds' worth
+    rate = 5
+    burst = int(UnauthLimiter.BURST * rate)  # the bucket a stranger starts with
+    turn = new_server(AdminConfig(unauth_rate_per_ip=rate))
+
+    def answers(count: int, now: float) -> int:
+        binding = build(stun.METHOD_BINDING)
+        return sum(len(turn.handle_stun(ctx(STRANGER), binding, now)) for _ in range(count))
+
+    # at once: the burst is answered, not one more
+    assert answers(burst + 40, NOW) == burst
     assert turn.rate_limited == 40
+    # two seconds later: burst + rate * t in all, the bucket refilled by rate * t alone
+    assert answers(50, NOW + 2) == 2 * rate
+    assert turn.rate_limited == 40 + 50 - 2 * rate
