@@ -116,6 +116,8 @@ def mutations(seed: int, samples: list[bytes], count: int) -> list[bytes]:
             data[2:4] = rng.randrange(0x10000).to_bytes(2, "big")
         else:  # random bytes behind a plausible header
             data = bytearray(data[:20]) + rng.randbytes(rng.randint(0, 40))
+        if bytes(data) in samples:  # a cut at the end or a bit flipped back changed nothing
+            continue
         out.append(bytes(data))
     return out
 
