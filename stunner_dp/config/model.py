@@ -96,6 +96,9 @@ class ListenerConfig:
     port: int = 3478
     public_address: str = ""  # advertised only (ICE URIs)
     public_port: int = 0
+    # extension: the relay address put in XOR-RELAYED-ADDRESS instead of `address` (a node's
+    # public IP in front of its private one); relays still bind `address` when it is local
+    public_relay_address: str = ""
     min_relay_port: int = 30000
     max_relay_port: int = 32767
     cert: str = ""  # base64 PEM, TLS/DTLS only
@@ -119,6 +122,8 @@ class ListenerConfig:
             "max_relay_port": self.max_relay_port,
             "routes": list(self.routes),
         }
+        if self.public_relay_address:
+            out["public_relay_address"] = self.public_relay_address
         if self.cert:
             out["cert"] = self.cert
         if self.key:

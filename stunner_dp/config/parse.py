@@ -235,6 +235,23 @@ def _auth(m: Mapping[str, Any]) -> AuthConfig:
     return auth
 
 
+def _public_relay_address(m: Mapping[str, Any], path: str, address: str) -> str:
+    """listeners[].public_relay_address (extension): an IP of the relay address's family."""
+    given = get_str(m, "public_relay_address", path).strip()
+    if not given:
+        return ""
+    field = join(path, "public_relay_address")
+    try:
+        ip = ip_address(given)
+    except ValueError:
+        rule = "an IP address (the node's public IP), e.g. $STUNNER_PUBLIC_ADDR"
+        raise ConfigError(field, given, rule) from None
+    if ip.is_unspecified or ip.version != ip_address(address).version:
+        rule = f"a specific IPv{ip_address(address).version} address, as the listener's address"
+        raise ConfigError(field, given, rule)
+    return str(ip)
+
+
 def _listener(m: Mapping[str, Any], path: str) -> ListenerConfig:
     name = get_str(m, "name", path)
     if not name.strip():
@@ -271,6 +288,7 @@ def _listener(m: Mapping[str, Any], path: str) -> ListenerConfig:
         port=port("port", d.port),
         public_address=get_str(m, "public_address", path).strip(),
         public_port=get_int(m, "public_port", path, 0, 0, 65535, "a port is 0-65535 (0: unset)"),
+        public_relay_address=_public_relay_address(m, path, address),
         min_relay_port=min_relay,
         max_relay_port=max_relay,
         cert=get_str(m, "cert", path).strip(),

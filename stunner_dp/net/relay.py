@@ -263,6 +263,8 @@ class RelayPool:
         self.offload: OffloadController | None = None
 
     def advertised_ip(self, listener: ListenerConfig, family: int) -> str:
+        if listener.public_relay_address:
+            return listener.public_relay_address  # validated: the listener's family
         key = (listener.address, family)
         if key not in self._advertised:
             ip = ipaddress.ip_address(listener.address or "0.0.0.0")
