@@ -23,6 +23,7 @@ from helpers.stunnerd_proc import stop, stunnerd_command
 from helpers.tls_helpers import CertPair
 
 from stunner_dp.client.turn import TurnClient, check
+from stunner_dp.config import ConfigError, parse_config
 from stunner_dp.testing import (
     DEFAULT_PASSWORD,
     DEFAULT_USERNAME,
@@ -209,3 +210,22 @@ async def test_idle_connections_without_an_allocation_are_closed(tmp_path: Path)
         finally:
             kept.close()
             ended.close()
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("max_connections", -1),
+        ("max_connections_per_ip", "many"),
+        ("connection_idle_timeout", 3601),
+        ("connection_idle_timeout", -2),
+    ],
+)
+def test_connection_keys_are_validated_naming_the_field(key: str, value: object) -> None:
+    config = make_config()
+    config["admin"][key] = value
+    with pytest.raises(ConfigError, match=f"admin.{key}"):
+        parse_config(config)
+    defaults = parse_config(make_config()).admin
+    assert (defaults.max_connections, defaults.max_connections_per_ip) == (0, 256)
+    assert defaults.connection_idle_timeout == 5
