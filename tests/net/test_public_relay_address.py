@@ -58,7 +58,8 @@ async def test_public_relay_address_is_advertised_and_the_local_one_bound() -> N
         async with RawTurnClient(ts.address) as client:
             relayed = await client.allocate(DEFAULT_USERNAME, DEFAULT_PASSWORD)
             assert relayed[0] == PUBLIC
-            (alloc,) = ts.server.turn.allocations["udp-listener"].values()
+            allocations = ts.server.turn.allocations["udp-listener"]
+            (alloc,) = allocations.values()
             bound = alloc.relay._sock.getsockname()  # type: ignore[attr-defined]
             assert bound == ("127.0.0.1", relayed[1])  # the listener's address, not 0.0.0.0
             assert await relay_through(client, peer, 0x4000) == b"through the relay"
