@@ -92,9 +92,12 @@ MIN_KERNEL = (6, 3)  # bpf_cast_to_kern_ctx
 TCX_KERNEL = (6, 6)
 
 _FWD_KEY = struct.Struct("!BxHHH16s")
-_FWD_VAL = struct.Struct("!16s16sHHI")
+# the values' trailing `id` is a host-order __u32 (an array index to the program), the rest
+# network order: packed apart (an id packed big-endian indexes past the array, counts lost)
+_FWD_VAL = struct.Struct("!16s16sHH")
 _REV_KEY = struct.Struct("!BxHHxx16s16s")
-_REV_VAL = struct.Struct("!16s16sHHHxxI")
+_REV_VAL = struct.Struct("!16s16sHHHxx")
+_ID = struct.Struct("=I")
 _COUNTERS = struct.Struct("=QQQQ")
 _U64 = struct.Struct("=Q")
 
@@ -368,9 +371,11 @@ class OffloadEngine:
         try:
             self._zero_stats(ident)
             bpf.map_update(self._rev, rev_key,
-                           _REV_VAL.pack(lip, cip, lport, cport, channel, ident), bpf.BPF_NOEXIST)
+                           _REV_VAL.pack(lip, cip, lport, cport, channel) + _ID.pack(ident),
+                           bpf.BPF_NOEXIST)
             try:
-                bpf.map_update(self._fwd, fwd_key, _FWD_VAL.pack(rip, pip, rport, pport, ident),
+                bpf.map_update(self._fwd, fwd_key,
+                               _FWD_VAL.pack(rip, pip, rport, pport) + _ID.pack(ident),
                                bpf.BPF_NOEXIST)
             except BaseException:
                 bpf.map_delete(self._rev, rev_key)
