@@ -824,6 +824,8 @@ def parse_args(argv: list[str] | None) -> Options:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
+    # SIGTERM unwinds like ^C: the servers are stopped by PID on the way out (atexit)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         run(opts)
     except KeyboardInterrupt:

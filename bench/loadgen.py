@@ -120,14 +120,16 @@ def machine_busy_seconds() -> float:
     softirq of whichever process sent them, so no single PID holds their cost."""
     with open("/proc/stat") as f:
         fields = f.readline().split()[1:]
-    # user nice system idle iowait irq softirq steal (guest and guest_nice are in user already)
-    ticks = [int(v) for v in fields[:8]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / _CLK_TCK
+    # user nice system idle iowait irq softirq steal: idle, iowait and steal (the hypervisor
+    # ran someone else) are not work done here; guest and guest_nice are in user already
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[:7])
+    return (user + nice + system + irq + softirq) / _CLK_TCK
 
 
 def other_cpu_seconds(ours: set[int]) -> float:
     """utime + stime of every user-space process outside ``ours`` (other work on a shared
-    machine; kernel threads, children of kthreadd, are kept: ksoftirqd runs our softirqs)."""
+    machine; kernel threads, children of kthreadd, are kept: ksoftirqd runs our softirqs), with
+    cutime + cstime: a short-lived process that ends in the window shows up in its parent's."""
     total = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) in ours:
@@ -140,7 +142,7 @@ def other_cpu_seconds(ours: set[int]) -> float:
         fields = stat[stat.rindex(b")") + 2 :].split()
         if entry == "2" or fields[1] == b"2":  # kthreadd and kernel threads
             continue
-        total += int(fields[11]) + int(fields[12])
+        total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime (14-17)
     return total / _CLK_TCK
 
 
