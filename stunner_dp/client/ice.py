@@ -70,7 +70,7 @@ def ice_config(
             raise ValueError("ephemeral auth needs a secret (auth.credentials.secret or --secret)")
         expiry = int((time.time() if now is None else now) + ttl)
         username = f"{expiry}:{user}" if user else str(expiry)
-        credential = ephemeral_password(key, username)
+        credential = ephemeral_password(key, username, auth.rest_hmac)
     else:
         username, credential = auth.username, auth.password
     urls = [uri for lis in config.listeners if (uri := listener_uri(lis)) is not None]

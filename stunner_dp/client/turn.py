@@ -20,7 +20,7 @@ from OpenSSL import SSL
 
 from stunner_dp import stun
 from stunner_dp.client.dtls import DtlsClient, client_context
-from stunner_dp.turn.auth import long_term_key
+from stunner_dp.turn.auth import long_term_key, userhash
 
 Addr = tuple[str, int]
 Attrs = Sequence[tuple[int, bytes]]
@@ -116,6 +116,12 @@ class TurnClient:
     realm: str = ""
     nonce: str = ""
     key: bytes = b""
+    # RFC 8489 only: refuse a challenge without SHA-256 (a bid-down), pick PASSWORD-ALGORITHM
+    # SHA-256, sign with MESSAGE-INTEGRITY-SHA256 alone, check the answers' signatures; with
+    # use_userhash, send USERHASH instead of USERNAME where the server offers it
+    sha256_only: bool = False
+    use_userhash: bool = False
+    password_algorithms: bytes = b""  # the challenge's PASSWORD-ALGORITHMS, echoed
     packets_sent: int = 0
     bytes_sent: int = 0
     packets_received: int = 0
@@ -250,8 +256,21 @@ class TurnClient:
         `timeout` (over DTLS too). Raises TurnError for a timeout or a transport failure only."""
         tid = os.urandom(12)
         body = list(attrs(tid) if callable(attrs) else attrs)
-        key = None
-        if auth and self.key:
+        key = key256 = None
+        signed = auth and bool(self.key)
+        if signed and self.sha256_only:
+            body += [
+                self._identity(),
+                (stun.ATTR_REALM, stun.encode_text(self.realm)),
+                (stun.ATTR_NONCE, stun.encode_text(self.nonce)),
+                (stun.ATTR_PASSWORD_ALGORITHMS, self.password_algorithms),
+                (
+                    stun.ATTR_PASSWORD_ALGORITHM,
+                    stun.encode_password_algorithm(stun.PASSWORD_ALGORITHM_SHA256),
+                ),
+            ]
+            key256 = self.key
+        elif signed:
             body += [
                 (stun.ATTR_USERNAME, stun.encode_text(self.username)),
                 (stun.ATTR_REALM, stun.encode_text(self.realm)),
@@ -259,7 +278,13 @@ class TurnClient:
             ]
             key = self.key
         data = stun.encode_message(
-            method, stun.CLASS_REQUEST, tid, body, integrity_key=key, fingerprint=True
+            method,
+            stun.CLASS_REQUEST,
+            tid,
+            body,
+            integrity_key=key,
+            integrity_sha256_key=key256,
+            fingerprint=True,
         )
         fut: asyncio.Future[stun.Message] = asyncio.get_running_loop().create_future()
         self._pending[tid] = fut
@@ -276,17 +301,47 @@ class TurnClient:
                     raise TurnError("timeout", f"no answer within {self.timeout:g} s")
                 wait = min(rto, left) if self.transport in ("udp", "dtls") else left
                 try:
-                    return await asyncio.wait_for(asyncio.shield(fut), wait)
+                    resp = await asyncio.wait_for(asyncio.shield(fut), wait)
                 except TimeoutError:
                     if time.monotonic() >= deadline:
                         raise TurnError("timeout", f"no answer within {self.timeout:g} s") from None
                     rto *= 2
+                    continue
+                signed_answer = resp.cls == stun.CLASS_SUCCESS
+                if key256 is not None and signed_answer and not resp.check_integrity_sha256(key256):
+                    raise TurnError("integrity", "answer not signed with SHA-256", resp)
+                return resp
         finally:
             self._pending.pop(tid, None)
 
+    def _identity(self) -> tuple[int, bytes]:
+        features = stun.nonce_features(self.nonce) or 0
+        if self.use_userhash and features & stun.SECURITY_FEATURE_USERNAME_ANONYMITY:
+            return stun.ATTR_USERHASH, userhash(self.username, self.realm)
+        return stun.ATTR_USERNAME, stun.encode_text(self.username)
+
+    def accept_challenge(self, resp: stun.Message) -> None:
+        """Take a 401/438's NONCE (and, RFC 8489 only, its PASSWORD-ALGORITHMS). A SHA-256-only
+        client refuses a challenge that hides or drops SHA-256 (9.2.5: a bid-down attempt)."""
+        self.nonce = text(resp, stun.ATTR_NONCE)
+        if not self.sha256_only:
+            return
+        features = stun.nonce_features(self.nonce)
+        offer = resp.get(stun.ATTR_PASSWORD_ALGORITHMS)
+        if features is None or not features & stun.SECURITY_FEATURE_PASSWORD_ALGORITHMS:
+            raise TurnError("downgrade", "no RFC 8489 nonce cookie: SHA-256 not offered", resp)
+        if offer is None:
+            raise TurnError("downgrade", "nonce cookie without PASSWORD-ALGORITHMS", resp)
+        algorithms = [alg for alg, _ in stun.decode_password_algorithms(offer)]
+        if stun.PASSWORD_ALGORITHM_SHA256 not in algorithms:
+            raise TurnError("downgrade", "PASSWORD-ALGORITHMS lacks SHA-256", resp)
+        self.password_algorithms = bytes(offer)
+
     def login(self, username: str, password: str, realm: str, nonce: str) -> None:
         self.username, self.realm, self.nonce = username, realm, nonce
-        self.key = long_term_key(username, realm, password)
+        sha256 = self.sha256_only
+        algorithm = stun.PASSWORD_ALGORITHM_SHA256 if sha256 else stun.PASSWORD_ALGORITHM_MD5
+        self.key = long_term_key(username, realm, password, algorithm)
 
     async def binding(self) -> Addr:
         resp = await self.request(stun.METHOD_BINDING, auth=False)
@@ -303,12 +358,13 @@ class TurnClient:
         resp = await self.challenge()
         if error_code(resp)[0] != 401:
             return resp
-        self.login(username, password, text(resp, stun.ATTR_REALM), text(resp, stun.ATTR_NONCE))
+        self.accept_challenge(resp)
+        self.login(username, password, text(resp, stun.ATTR_REALM), self.nonce)
         for _ in range(2):
             resp = await self.request(stun.METHOD_ALLOCATE, udp_transport())
             if error_code(resp)[0] != 438:
                 break
-            self.nonce = text(resp, stun.ATTR_NONCE)
+            self.accept_challenge(resp)
         return resp
 
     async def create_permission(self, peer: Addr) -> stun.Message:

@@ -75,16 +75,26 @@ class AuthConfig:
     realm: str = DEFAULT_REALM
     username: str = ""  # static
     password: str = ""  # static
-    secret: str = ""  # ephemeral (TURN REST API shared secret)
+    secret: str = ""  # ephemeral (TURN REST API shared secret): issues and is accepted
+    # extensions: older secrets still accepted (a rotation fails no live client), and the
+    # REST password's HMAC, "sha1" (the TURN REST API draft, coturn) or "sha256"
+    previous_secrets: tuple[str, ...] = ()
+    rest_hmac: str = "sha1"
 
     def to_dict(self, *, redact: bool = False) -> dict[str, Any]:
-        creds: dict[str, str] = {}
+        creds: dict[str, Any] = {}
         if self.username:
             creds["username"] = self.username
         if self.password:
             creds["password"] = REDACTED if redact else self.password
         if self.secret:
             creds["secret"] = REDACTED if redact else self.secret
+        if self.previous_secrets:
+            creds["previous_secrets"] = [
+                REDACTED if redact else old for old in self.previous_secrets
+            ]
+        if self.rest_hmac != "sha1":
+            creds["rest_hmac"] = self.rest_hmac
         return {"type": self.type, "realm": self.realm, "credentials": creds}
 
 
@@ -104,6 +114,10 @@ class ListenerConfig:
     cert: str = ""  # base64 PEM, TLS/DTLS only
     key: str = ""  # base64 PEM, TLS/DTLS only
     routes: tuple[str, ...] = ()  # cluster names a client of this listener may reach
+    # extension, TCP/TLS only: every connection starts with a PROXY protocol header (v1/v2)
+    # naming the client, sent by a load balancer from one of the trusted networks (CIDRs)
+    proxy_protocol: bool = False
+    proxy_protocol_trusted: tuple[str, ...] = ()
 
     @property
     def transport(self) -> str:
@@ -124,6 +138,9 @@ class ListenerConfig:
         }
         if self.public_relay_address:
             out["public_relay_address"] = self.public_relay_address
+        if self.proxy_protocol:
+            out["proxy_protocol"] = True
+            out["proxy_protocol_trusted"] = list(self.proxy_protocol_trusted)
         if self.cert:
             out["cert"] = self.cert
         if self.key:

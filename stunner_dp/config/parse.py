@@ -6,7 +6,7 @@ import binascii
 import dataclasses
 import os
 from collections.abc import Mapping
-from ipaddress import ip_address
+from ipaddress import ip_address, ip_network
 from typing import Any
 
 from ._fields import get_int, get_list, get_mapping, get_str, join
@@ -47,6 +47,8 @@ CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
 CLUSTER_PROTOCOLS = ("UDP", "TCP")
 
 _PORT_RULE = "a port is 1-65535"
+REST_HMACS = ("sha1", "sha256")
+_MAX_PREVIOUS_SECRETS = 8
 _COUNT_MAX = 2**31 - 1
 _IDLE_MAX = 3600  # admin.connection_idle_timeout, seconds
 # v1alpha1 relay range defaults, kept for converted files so they behave as they used to
@@ -218,6 +220,8 @@ def _auth(m: Mapping[str, Any]) -> AuthConfig:
         username=get_str(creds, "username", base),
         password=get_str(creds, "password", base),
         secret=get_str(creds, "secret", base),
+        previous_secrets=_previous_secrets(creds, base),
+        rest_hmac=_rest_hmac(creds, base),
     )
     if any(ord(ch) < 0x20 for ch in auth.realm) or len(auth.realm) > 763:
         raise ConfigError("auth.realm", auth.realm, "a realm is printable text under 764 bytes")
@@ -235,6 +239,29 @@ def _auth(m: Mapping[str, Any]) -> AuthConfig:
     return auth
 
 
+def _previous_secrets(creds: Mapping[str, Any], base: str) -> tuple[str, ...]:
+    """auth.credentials.previous_secrets (extension): secrets still accepted, never issued."""
+    path = f"{base}.previous_secrets"
+    out: list[str] = []
+    for j, item in enumerate(get_list(creds.get("previous_secrets"), path)):
+        if not isinstance(item, str) or not item:
+            rule = "each is a non-empty shared secret string (quote it in YAML)"
+            raise ConfigError(f"{path}[{j}]", item, rule)
+        out.append(item)
+    if len(out) > _MAX_PREVIOUS_SECRETS:
+        rule = f"at most {_MAX_PREVIOUS_SECRETS} (each costs a MAC per failed login)"
+        raise ConfigError(path, len(out), rule)
+    return tuple(out)
+
+
+def _rest_hmac(creds: Mapping[str, Any], base: str) -> str:
+    """auth.credentials.rest_hmac (extension): the TURN REST password's HMAC."""
+    given = get_str(creds, "rest_hmac", base).strip().lower().replace("-", "")
+    if given and given not in REST_HMACS:
+        raise ConfigError(f"{base}.rest_hmac", given, "use sha1 (the default) or sha256")
+    return given or "sha1"
+
+
 def _public_relay_address(m: Mapping[str, Any], path: str, address: str) -> str:
     """listeners[].public_relay_address (extension): an IP of the relay address's family."""
     given = get_str(m, "public_relay_address", path).strip()
@@ -250,6 +277,43 @@ def _public_relay_address(m: Mapping[str, Any], path: str, address: str) -> str:
         rule = f"a specific IPv{ip_address(address).version} address, as the listener's address"
         raise ConfigError(field, given, rule)
     return str(ip)
+
+
+def _proxy_protocol(
+    m: Mapping[str, Any], path: str, transport: str
+) -> tuple[bool, tuple[str, ...]]:
+    """listeners[].proxy_protocol and proxy_protocol_trusted (extension, TCP/TLS only)."""
+    field, trusted_field = join(path, "proxy_protocol"), join(path, "proxy_protocol_trusted")
+    given = m.get("proxy_protocol")
+    if isinstance(given, str) and given.strip().lower() in ("true", "false", ""):
+        given = given.strip().lower() == "true"  # from an env-expanded ${VAR}
+    if given is None:
+        given = False
+    if not isinstance(given, bool):
+        raise ConfigError(field, given, "must be true or false")
+    ranges = _strings(m, "proxy_protocol_trusted", path)
+    if not given:
+        if ranges:
+            rule = "trusted PROXY sources do nothing without proxy_protocol: true; set it"
+            raise ConfigError(trusted_field, list(ranges), rule)
+        return False, ()
+    if transport not in ("tcp", "tls"):
+        rule = "PROXY protocol is for TURN-TCP and TURN-TLS listeners; remove it here"
+        raise ConfigError(field, given, rule)
+    if not ranges:
+        rule = (
+            "a PROXY listener needs the load balancer's source networks, e.g. "
+            '["10.0.0.0/8"] (["0.0.0.0/0", "::/0"] trusts every source to name its client)'
+        )
+        raise ConfigError.missing(trusted_field, rule)
+    out: list[str] = []
+    for j, text in enumerate(ranges):
+        try:
+            out.append(str(ip_network(text, strict=False)))
+        except ValueError:
+            rule = "an IP address or CIDR of the load balancer, e.g. 10.0.0.0/8 or fd00::/8"
+            raise ConfigError(f"{trusted_field}[{j}]", text, rule) from None
+    return True, tuple(out)
 
 
 def _listener(m: Mapping[str, Any], path: str) -> ListenerConfig:
@@ -295,6 +359,9 @@ def _listener(m: Mapping[str, Any], path: str) -> ListenerConfig:
         key=get_str(m, "key", path).strip(),
         routes=_strings(m, "routes", path),
     )
+    proxy, trusted = _proxy_protocol(m, path, lis.transport)
+    if proxy:
+        lis = dataclasses.replace(lis, proxy_protocol=True, proxy_protocol_trusted=trusted)
     if lis.transport in ("tls", "dtls"):
         for key in ("cert", "key"):
             _check_pem(getattr(lis, key), join(path, key), protocol)

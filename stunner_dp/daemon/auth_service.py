@@ -177,7 +177,8 @@ def ice_server(config: StunnerConfig, params: Params, now: float) -> dict[str, A
     if auth.type == "ephemeral":
         expiry = int(now + params.ttl)
         username = f"{expiry}:{params.username}" if params.username else str(expiry)
-        credential = ephemeral_password(auth.secret, username)
+        # the first secret issues; previous_secrets are only accepted
+        credential = ephemeral_password(auth.secret, username, auth.rest_hmac)
     else:
         username, credential = auth.username, auth.password
     return {"urls": uris, "username": username, "credential": credential}

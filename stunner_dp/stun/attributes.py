@@ -7,11 +7,12 @@ for bad arguments (a caller bug, not hostile input).
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import struct
 from collections.abc import Sequence
 
-from .constants import FAMILY_IPV4, FAMILY_IPV6, MAGIC_COOKIE, REASONS
+from .constants import FAMILY_IPV4, FAMILY_IPV6, MAGIC_COOKIE, NONCE_COOKIE, REASONS
 from .errors import StunError, only_stun_errors
 
 Address = tuple[str, int]
@@ -313,3 +314,72 @@ def decode_icmp(value: bytes) -> tuple[int, int, int]:
         raise StunError("ICMP must be 8 bytes")
     icmp_type, icmp_code, error_data = _ICMP.unpack(value)
     return icmp_type, icmp_code, error_data
+
+
+# PASSWORD-ALGORITHM (RFC 8489 14.12): algorithm (16 bits), parameters length (16 bits),
+# parameters padded to 4 bytes. PASSWORD-ALGORITHMS (14.11) is a list of the same.
+PasswordAlgorithm = tuple[int, bytes]  # (algorithm number, parameters)
+
+
+def _pack_algorithm(algorithm: int, params: bytes) -> bytes:
+    if not 0 <= algorithm <= 0xFFFF or len(params) > 0xFFFF:
+        raise ValueError(f"bad password algorithm {algorithm}")
+    return _U16.pack(algorithm) + _U16.pack(len(params)) + params + b"\x00" * (-len(params) & 3)
+
+
+def encode_password_algorithm(algorithm: int, params: bytes = b"") -> bytes:
+    return _pack_algorithm(algorithm, params)
+
+
+def encode_password_algorithms(algorithms: Sequence[PasswordAlgorithm]) -> bytes:
+    return b"".join(_pack_algorithm(alg, params) for alg, params in algorithms)
+
+
+def _unpack_algorithms(value: bytes) -> list[PasswordAlgorithm]:
+    out: list[PasswordAlgorithm] = []
+    pos, end = 0, len(value)
+    while pos < end:
+        if end - pos < 4:
+            raise StunError("password algorithm entry too short")
+        algorithm, plen = _U16.unpack_from(value, pos)[0], _U16.unpack_from(value, pos + 2)[0]
+        nxt = pos + 4 + ((plen + 3) & ~3)
+        if nxt > end:
+            raise StunError("password algorithm parameters overrun the attribute")
+        out.append((algorithm, bytes(value[pos + 4 : pos + 4 + plen])))
+        pos = nxt
+    return out
+
+
+@only_stun_errors
+def decode_password_algorithm(value: bytes) -> PasswordAlgorithm:
+    entries = _unpack_algorithms(value)
+    if len(entries) != 1:
+        raise StunError("PASSWORD-ALGORITHM must hold exactly one algorithm")
+    return entries[0]
+
+
+@only_stun_errors
+def decode_password_algorithms(value: bytes) -> list[PasswordAlgorithm]:
+    entries = _unpack_algorithms(value)
+    if not entries:
+        raise StunError("PASSWORD-ALGORITHMS is empty")
+    return entries
+
+
+def encode_nonce_cookie(features: int) -> str:
+    """The nonce cookie and its security feature bits (RFC 8489 9.2): 13 characters."""
+    if not 0 <= features <= 0xFFFFFF:
+        raise ValueError(f"security features {features} do not fit 24 bits")
+    return NONCE_COOKIE + base64.b64encode(features.to_bytes(3, "big")).decode()
+
+
+def nonce_features(nonce: str) -> int | None:
+    """The security feature bits of a NONCE that starts with the nonce cookie, else None
+    (an RFC 5389 nonce). Never raises."""
+    if not nonce.startswith(NONCE_COOKIE) or len(nonce) < len(NONCE_COOKIE) + 4:
+        return None
+    try:
+        raw = base64.b64decode(nonce[len(NONCE_COOKIE) : len(NONCE_COOKIE) + 4], validate=True)
+    except ValueError:
+        return None
+    return int.from_bytes(raw, "big")

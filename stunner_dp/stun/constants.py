@@ -66,6 +66,17 @@ ATTR_ICE_CONTROLLING = 0x802A
 ATTR_RESPONSE_ORIGIN = 0x802B
 ATTR_OTHER_ADDRESS = 0x802C
 
+# PASSWORD-ALGORITHM numbers (RFC 8489 18.5)
+PASSWORD_ALGORITHM_MD5 = 0x0001
+PASSWORD_ALGORITHM_SHA256 = 0x0002
+
+# The "nonce cookie" (RFC 8489 9.2): a NONCE starting with it is followed by 4 base64 characters
+# holding the 24 STUN security feature bits (18.1), numbered from the least significant bit as
+# verified erratum 6290 says (Appendix B.1's "AAAC" is bit 1, username anonymity).
+NONCE_COOKIE = "obMatJos2"
+SECURITY_FEATURE_PASSWORD_ALGORITHMS = 1 << 0
+SECURITY_FEATURE_USERNAME_ANONYMITY = 1 << 1
+
 FAMILY_IPV4 = 0x01
 FAMILY_IPV6 = 0x02
 

@@ -162,6 +162,7 @@ def parse_message(data: bytes) -> Message:
     unpack_attr = _ATTR_HEADER.unpack_from
     mi_off = mi256_off = fp_off = -1
     guarded = False  # an integrity/fingerprint attribute has been seen
+    seen = 0  # attributes, ignored ones included
     pos = HEADER_SIZE
     while pos < end:
         # ``end - pos`` is a multiple of 4 here, so a full attribute header fits.
@@ -170,13 +171,15 @@ def parse_message(data: bytes) -> Message:
         nxt = vstart + ((alen + 3) & ~3)
         if nxt > end:
             raise StunError(f"attribute 0x{atype:04X} overruns the message")
-        if len(attributes) >= MAX_ATTRIBUTES:
+        seen += 1
+        if seen > MAX_ATTRIBUTES:
             raise StunError(f"more than {MAX_ATTRIBUTES} attributes")
         # One test keeps ordinary attributes on the fast path; the ordering
         # rules only matter once a trailer attribute shows up.
         if guarded or atype in _TRAILERS:
             guarded = True
             if fp_off >= 0:
+                # 14.7: FINGERPRINT is the last attribute; one that is not fails the test
                 raise StunError("attribute after FINGERPRINT")
             if atype == ATTR_FINGERPRINT:
                 if alen != 4:
@@ -186,20 +189,23 @@ def parse_message(data: bytes) -> Message:
                 if _fingerprint(data[:pos]) != _U32.unpack_from(data, vstart)[0]:
                     raise StunError("FINGERPRINT mismatch")
                 fp_off = pos
+            elif mi256_off >= 0:
+                # 14.6: all but FINGERPRINT after MESSAGE-INTEGRITY-SHA256 is ignored
+                pos = nxt
+                continue
             elif atype == ATTR_MESSAGE_INTEGRITY_SHA256:
-                if mi256_off >= 0:
-                    raise StunError("MESSAGE-INTEGRITY-SHA256 repeated")
                 if alen < _MI_SHA256_MIN or alen > _MI_SHA256_MAX or alen & 3:
                     raise StunError("bad MESSAGE-INTEGRITY-SHA256 length")
                 mi256_off = pos
-            elif atype == ATTR_MESSAGE_INTEGRITY:
-                if mi_off >= 0 or mi256_off >= 0:
-                    raise StunError("MESSAGE-INTEGRITY repeated or after MESSAGE-INTEGRITY-SHA256")
-                if alen != _MI_SIZE:
-                    raise StunError("MESSAGE-INTEGRITY must be 20 bytes")
-                mi_off = pos
+            elif mi_off >= 0:
+                # 14.5: all but MESSAGE-INTEGRITY-SHA256 and FINGERPRINT after
+                # MESSAGE-INTEGRITY is ignored (a second MESSAGE-INTEGRITY too)
+                pos = nxt
+                continue
+            elif alen != _MI_SIZE:  # atype is MESSAGE-INTEGRITY: the only trailer left
+                raise StunError("MESSAGE-INTEGRITY must be 20 bytes")
             else:
-                raise StunError(f"attribute 0x{atype:04X} after MESSAGE-INTEGRITY")
+                mi_off = pos
         append((atype, data[vstart : vstart + alen]))
         pos = nxt
 

@@ -2,9 +2,12 @@
 
 Two credential schemes, as stunnerd and coturn's `use-auth-secret` have them:
 
-- static: one username and password; key = MD5("username:realm:password").
+- static: one username and password; key = MD5("username:realm:password"), or SHA-256 of the
+  same for a client that picks PASSWORD-ALGORITHM SHA-256 (RFC 8489 18.5).
 - ephemeral (the TURN REST API): username "<expiry>:<user>", password =
-  base64(HMAC-SHA1(secret, username)); rejected once the expiry has passed.
+  base64(HMAC-SHA1(secret, username)) (HMAC-SHA256 with auth.credentials.rest_hmac: sha256);
+  rejected once the expiry has passed. Every secret of `secret` and `previous_secrets` is
+  accepted, so a rotation never fails a client holding a password made with the old one.
 
 Nonces carry their own issue time and an HMAC over it and over the client's transport address,
 so any worker process holding the same secret can check any nonce without shared state, and a
@@ -22,23 +25,43 @@ import struct
 from dataclasses import dataclass
 from enum import Enum
 
+from stunner_dp import stun
 from stunner_dp.config import AuthConfig
+from stunner_dp.stun import PASSWORD_ALGORITHM_MD5, PASSWORD_ALGORITHM_SHA256
 from stunner_dp.turn.types import Addr
 
 NONCE_LIFETIME = 600.0  # seconds; an older nonce earns 438 Stale Nonce
 _NONCE_MAC_BYTES = 12
+_COOKIE_CHARS = len(stun.NONCE_COOKIE) + 4  # the cookie and 24 feature bits in base64
+_NONCE_CHARS = _COOKIE_CHARS + 22  # then base64url(4-byte time || 12-byte MAC), unpadded
 _GENUINE_NONCES_KEPT = 4096  # a bound on the cache of nonces already checked
 # A Unix time in ASCII digits; 20 digits is past 2**64, so any longer "timestamp" is not one
 # (and int() never sees a string long enough to be slow or refused).
 _MAX_TIMESTAMP_DIGITS = 20
 
 
-def long_term_key(username: str, realm: str, password: str) -> bytes:
-    return hashlib.md5(f"{username}:{realm}:{password}".encode()).digest()
+# The PASSWORD-ALGORITHMS a challenge offers, in our order of preference (RFC 8489 14.11).
+OFFERED_ALGORITHMS = (PASSWORD_ALGORITHM_SHA256, PASSWORD_ALGORITHM_MD5)
 
 
-def ephemeral_password(secret: str, username: str) -> str:
-    mac = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+def long_term_key(
+    username: str, realm: str, password: str, algorithm: int = PASSWORD_ALGORITHM_MD5
+) -> bytes:
+    """RFC 8489 9.2.2: MD5 or SHA-256 of "username:realm:password" (16 or 32 bytes)."""
+    text = f"{username}:{realm}:{password}".encode()
+    if algorithm == PASSWORD_ALGORITHM_SHA256:
+        return hashlib.sha256(text).digest()
+    return hashlib.md5(text).digest()
+
+
+def userhash(username: str, realm: str) -> bytes:
+    """USERHASH (RFC 8489 14.4): SHA-256 of "username:realm"."""
+    return hashlib.sha256(f"{username}:{realm}".encode()).digest()
+
+
+def ephemeral_password(secret: str, username: str, digest: str = "sha1") -> str:
+    """The TURN REST API password: base64 of HMAC-SHA1 (or HMAC-SHA256) of the username."""
+    mac = hmac.digest(secret.encode(), username.encode(), digest)
     return base64.b64encode(mac).decode()
 
 
@@ -68,13 +91,13 @@ def quota_user(username: str, auth_type: str) -> str:
 
 @dataclass(slots=True, frozen=True)
 class KeyLookup:
-    """The outcome of finding a user's key: the key, or why there is none. `check_key` is what
-    the request's MESSAGE-INTEGRITY is checked with either way (the key, or a decoy nobody
-    holds), so that an unknown user costs what a wrong password costs and timing does not tell
-    which usernames exist."""
+    """The outcome of finding a user's keys: one per accepted secret, or none and why.
+    `check_keys` is what the request's integrity is checked with either way (the keys, or as
+    many decoys nobody holds), so that an unknown user costs what a wrong password costs and
+    timing does not tell which usernames exist."""
 
-    key: bytes | None
-    check_key: bytes
+    keys: tuple[bytes, ...]
+    check_keys: tuple[bytes, ...]
     reason: str = ""
     expired: bool = False  # an ephemeral username past its time: no key may stand in for it
 
@@ -86,31 +109,57 @@ class Credentials:
         self.type = auth.type
         self.realm = auth.realm
         self._auth = auth
-        # A static key never changes: compute it once, not per request.
-        self._static_key = (
-            long_term_key(auth.username, auth.realm, auth.password)
+        # the first secret issues (auth_service, probe, ice); all of them are accepted
+        self.secrets = (auth.secret, *auth.previous_secrets) if auth.secret else ()
+        # A static key never changes: compute it once per algorithm, not per request.
+        self._static_keys = (
+            {
+                alg: long_term_key(auth.username, auth.realm, auth.password, alg)
+                for alg in OFFERED_ALGORITHMS
+            }
             if auth.type == "static"
-            else b""
+            else {}
         )
-
+        # USERHASH can name only a user we can list: the static one (RFC 8489 9.2.4)
+        self._static_userhash = (
+            userhash(auth.username, auth.realm) if auth.type == "static" else b""
+        )
         # random per process: the MAC computed for an unknown user, never one that matches
         self._decoy_key = secrets.token_bytes(16)
 
-    def lookup(self, username: str, now: float) -> KeyLookup:
+    @property
+    def supports_userhash(self) -> bool:
+        return self.type == "static"
+
+    def username_for_hash(self, value: bytes) -> str | None:
+        """The username a USERHASH names, or None (unknown, or ephemeral credentials, whose
+        usernames cannot be listed)."""
+        if not self._static_userhash or not hmac.compare_digest(value, self._static_userhash):
+            return None
+        return self._auth.username
+
+    def lookup(
+        self, username: str, now: float, algorithm: int = PASSWORD_ALGORITHM_MD5
+    ) -> KeyLookup:
         if self.type == "static":
             # compare_digest: as long for every wrong name, however much of it matches
             if not hmac.compare_digest(username.encode(), self._auth.username.encode()):
-                return KeyLookup(None, self._decoy_key, "unknown username")
-            return KeyLookup(self._static_key, self._static_key)
-        # the key first, whatever the username says: every ephemeral failure costs the same
-        password = ephemeral_password(self._auth.secret, username)
-        key = long_term_key(username, self.realm, password)
+                return KeyLookup((), (self._decoy_key,), "unknown username")
+            key = self._static_keys[algorithm]
+            return KeyLookup((key,), (key,))
+        # the keys first, whatever the username says: every ephemeral failure costs the same
+        digest = self._auth.rest_hmac
+        keys = tuple(
+            long_term_key(username, self.realm, ephemeral_password(s, username, digest), algorithm)
+            for s in self.secrets
+        )
+        decoys = (self._decoy_key,) * len(keys)
         expiry = ephemeral_expiry(username)
         if expiry is None:
-            return KeyLookup(None, self._decoy_key, "ephemeral username has no expiry timestamp")
+            return KeyLookup((), decoys, "ephemeral username has no expiry timestamp")
         if expiry < now:
-            return KeyLookup(None, self._decoy_key, "ephemeral username expired", expired=True)
-        return KeyLookup(key, key)
+            return KeyLookup((), decoys, "ephemeral username expired", expired=True)
+        return KeyLookup(keys, keys)
 
 
 class NonceState(Enum):
@@ -129,8 +178,11 @@ def nonce_binding(transport: str, client: Addr) -> bytes:
 
 
 class Nonces:
-    """Stateless nonces: base64url(issue time || HMAC(secret, issue time || binding)), 22
-    characters, where the binding is `nonce_binding` of the client they were issued to.
+    """Stateless nonces: the RFC 8489 nonce cookie with our security feature bits, then
+    base64url(issue time || HMAC(secret, issue time || feature bits || binding)), 35
+    characters in all, where the binding is `nonce_binding` of the client they were issued to.
+    The MAC covers the feature bits, so a man in the middle who strips them (to bid an RFC 8489
+    client down to MD5, 9.2.4) turns the nonce into one that is not ours: 438, a fresh nonce.
 
     A small cache spares the HMAC of the common case without holding state a stranger can
     grow: only nonces whose MAC checked out, hence only ones we issued, are remembered (with
@@ -140,27 +192,31 @@ class Nonces:
         self._secret = secret
         self._genuine: dict[tuple[str, bytes], int] = {}  # (nonce, binding) -> issue second
 
-    def _mac(self, stamp: bytes, binding: bytes) -> bytes:
-        return hmac.digest(self._secret, stamp + binding, "sha256")[:_NONCE_MAC_BYTES]
+    def _mac(self, stamp: bytes, cookie: str, binding: bytes) -> bytes:
+        data = stamp + cookie.encode() + b"|" + binding
+        return hmac.digest(self._secret, data, "sha256")[:_NONCE_MAC_BYTES]
 
-    def issue(self, now: float, binding: bytes) -> str:
+    def issue(self, now: float, binding: bytes, features: int = 0) -> str:
         stamp = struct.pack("!I", int(now) & 0xFFFFFFFF)
-        return base64.urlsafe_b64encode(stamp + self._mac(stamp, binding)).decode().rstrip("=")
+        cookie = stun.encode_nonce_cookie(features)
+        token = base64.urlsafe_b64encode(stamp + self._mac(stamp, cookie, binding))
+        return cookie + token.decode().rstrip("=")
 
     def check(self, nonce: str, now: float, binding: bytes) -> NonceState:
         """OK, STALE (ours, for this client, but too old) or INVALID (not ours, or issued to
         another client: both earn 438 with a fresh nonce)."""
         issued = self._genuine.get((nonce, binding))
         if issued is None:
-            if len(nonce) != 22:
+            if len(nonce) != _NONCE_CHARS or stun.nonce_features(nonce) is None:
                 return NonceState.INVALID
+            cookie, token = nonce[:_COOKIE_CHARS], nonce[_COOKIE_CHARS:]
             try:
-                raw = base64.urlsafe_b64decode(nonce + "==")
+                raw = base64.urlsafe_b64decode(token + "==")
             except ValueError:
                 return NonceState.INVALID
             stamp, mac = raw[:4], raw[4:]
             if len(mac) != _NONCE_MAC_BYTES or not hmac.compare_digest(
-                mac, self._mac(stamp, binding)
+                mac, self._mac(stamp, cookie, binding)
             ):
                 return NonceState.INVALID
             issued = struct.unpack("!I", stamp)[0]

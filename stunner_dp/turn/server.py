@@ -20,7 +20,14 @@ from stunner_dp.stun import ErrorCode, Message, StunError, data_indication
 from stunner_dp.turn import events as ev
 from stunner_dp.turn.access import OwnAddresses, PeerAccess, PortSet
 from stunner_dp.turn.allocation import Allocation, Traffic
-from stunner_dp.turn.auth import Credentials, Nonces, NonceState, nonce_binding, quota_user
+from stunner_dp.turn.auth import (
+    OFFERED_ALGORITHMS,
+    Credentials,
+    Nonces,
+    NonceState,
+    nonce_binding,
+    quota_user,
+)
 from stunner_dp.turn.ratelimit import (
     AuthFailureLimiter,
     Limits,
@@ -94,6 +101,21 @@ def normalize_peer(addr: Addr) -> Addr:
         if mapped is not None:
             return (str(mapped), addr[1])
     return addr
+
+
+# What a challenge offers (our order of preference) and what a request may pick from it.
+OFFERED_PASSWORD_ALGORITHMS = stun.encode_password_algorithms(
+    [(alg, b"") for alg in OFFERED_ALGORITHMS]
+)
+OFFERED_CHOICES = {stun.encode_password_algorithm(alg): alg for alg in OFFERED_ALGORITHMS}
+
+
+def _signed_with(msg: Message, key: bytes) -> bool:
+    """Is the request signed with this key? MESSAGE-INTEGRITY-SHA256 when it has one (RFC 8489
+    9.2.4 checks it first), else MESSAGE-INTEGRITY."""
+    if msg.integrity_sha256_offset >= 0:
+        return msg.check_integrity_sha256(key)
+    return msg.check_integrity(key)
 
 
 # A handler returns the success response's attributes, or a whole response already encoded
@@ -212,7 +234,7 @@ class TurnServer:
             # ones only when they fail authentication. Not on streams: their source finished a
             # handshake (it is not spoofed) and a dropped answer there is never retransmitted.
             limited = ctx.transport not in STREAM_TRANSPORTS
-            signed = msg.has(stun.ATTR_MESSAGE_INTEGRITY)
+            signed = msg.integrity_offset >= 0 or msg.integrity_sha256_offset >= 0
             if limited and not signed and not self.unauth_limiter.allow(ctx.client[0], now):
                 self.rate_limited += 1
                 return []
@@ -364,24 +386,34 @@ class TurnServer:
         return self._response(msg, stun.CLASS_SUCCESS, attrs, key=auth.key)
 
     def _authenticate(self, ctx: Context, msg: Message, now: float) -> Authenticated | bytes:
+        """RFC 8489 9.2.4, in its order (but the nonce is checked before the MAC: cheaper)."""
         realm = self.credentials.realm
-        if not msg.has(stun.ATTR_MESSAGE_INTEGRITY):
+        if msg.integrity_offset < 0 and msg.integrity_sha256_offset < 0:
             return self._challenge(ctx, msg, ErrorCode.UNAUTHORIZED, now)
-        raw_user, raw_realm, raw_nonce = (
+        raw_user, raw_hash, raw_realm, raw_nonce = (
             msg.get(stun.ATTR_USERNAME),
+            msg.get(stun.ATTR_USERHASH),
             msg.get(stun.ATTR_REALM),
             msg.get(stun.ATTR_NONCE),
         )
-        if raw_user is None or raw_realm is None or raw_nonce is None:
-            return self._error(ctx, msg, ErrorCode.BAD_REQUEST, "Missing USERNAME, REALM or NONCE")
+        if (raw_user is None and raw_hash is None) or raw_realm is None or raw_nonce is None:
+            return self._error(
+                ctx, msg, ErrorCode.BAD_REQUEST, "Missing USERNAME or USERHASH, REALM or NONCE"
+            )
         try:
-            username = stun.decode_text(raw_user, stun.MAX_USERNAME_BYTES)
             client_realm = stun.decode_text(raw_realm)
             nonce = stun.decode_text(raw_nonce)
+            if raw_user is not None:
+                username = stun.decode_text(raw_user, stun.MAX_USERNAME_BYTES)
+            else:  # USERHASH (14.4): only a user we can list has one; else 401 below
+                username = self.credentials.username_for_hash(bytes(raw_hash or b"")) or ""
         except StunError:
             return self._error(
                 ctx, msg, ErrorCode.BAD_REQUEST, "Malformed USERNAME, REALM or NONCE"
             )
+        algorithm = self._password_algorithm(msg, nonce)
+        if isinstance(algorithm, str):  # a bid-down attempt or a broken client: 400 (9.2.4)
+            return self._error(ctx, msg, ErrorCode.BAD_REQUEST, algorithm)
         # bound to the client's address: one captured elsewhere and replayed here is stale
         if self.nonces.check(nonce, now, self._nonce_binding(ctx)) is not NonceState.OK:
             return self._challenge(ctx, msg, ErrorCode.STALE_NONCE, now)
@@ -391,21 +423,21 @@ class TurnServer:
         ):
             self.auth_locked += 1  # too many failures for this user: 401, key not checked
             return self._challenge(ctx, msg, ErrorCode.UNAUTHORIZED, now)
-        found = self.credentials.lookup(username, now)
-        reason = found.reason
-        # One MAC whatever the username: an unknown user is checked against a decoy key, so it
-        # costs (and times) what a wrong password does.
-        signed_right = msg.check_integrity(found.check_key)
-        key = found.key if found.key is not None and signed_right else None
+        found = self.credentials.lookup(username, now, algorithm)
+        reason = found.reason if username else "unknown USERHASH"
+        # One MAC per accepted secret whatever the username: an unknown user is checked against
+        # decoy keys, so it costs (and times) what a wrong password does.
+        signed_by = [k for k in found.check_keys if _signed_with(msg, k)]
+        key = signed_by[0] if found.keys and signed_by else None
         if key is None and not found.expired:
             # Requests on an allocation may keep using the credentials that made it (RFC 8656
             # 7.3), so rotating the password or secret does not strand live calls.
             alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
-            if alloc is not None and alloc.username == username and msg.check_integrity(alloc.key):
+            if alloc is not None and alloc.username == username and _signed_with(msg, alloc.key):
                 key = alloc.key
         if client_realm != realm:  # another realm: 401 with ours, whatever the key
             key, reason = None, reason or "realm mismatch"
-        if key is not None:
+        if key is not None and username:
             return Authenticated(username, key)
         self.auth_failures += 1
         self.auth_limiter.failed(quser, ctx.client, now)
@@ -413,25 +445,51 @@ class TurnServer:
         self.events.append(ev.AuthFailed(ctx.listener, ctx.client, username, reason))
         return self._challenge(ctx, msg, ErrorCode.UNAUTHORIZED, now)
 
+    @staticmethod
+    def _password_algorithm(msg: Message, nonce: str) -> int | str:
+        """The password algorithm of a request (RFC 8489 9.2.4), or why it is a 400. With our
+        nonce cookie's "Password algorithms" bit, PASSWORD-ALGORITHMS must come back exactly as
+        we sent it and PASSWORD-ALGORITHM be one of its entries: a man in the middle who
+        removed SHA-256 from our offer is caught here. Neither attribute: MD5, as an RFC 5389
+        client (every browser) does."""
+        raw_list = msg.get(stun.ATTR_PASSWORD_ALGORITHMS)
+        raw_choice = msg.get(stun.ATTR_PASSWORD_ALGORITHM)
+        features = stun.nonce_features(nonce)
+        if features is None or not features & stun.SECURITY_FEATURE_PASSWORD_ALGORITHMS:
+            # not our nonce (438 follows); or a cookie without the bit, which we never issue
+            return stun.PASSWORD_ALGORITHM_MD5
+        if raw_list is None and raw_choice is None:
+            return stun.PASSWORD_ALGORITHM_MD5
+        if raw_list is None or raw_choice is None:
+            return "PASSWORD-ALGORITHM and PASSWORD-ALGORITHMS go together"
+        if raw_list != OFFERED_PASSWORD_ALGORITHMS:
+            return "PASSWORD-ALGORITHMS differs from the list offered"
+        if raw_choice not in OFFERED_CHOICES:
+            return "PASSWORD-ALGORITHM is not one of PASSWORD-ALGORITHMS"
+        return OFFERED_CHOICES[raw_choice]
+
     def _on_own_allocation(self, ctx: Context, msg: Message, username: str) -> bool:
         """Is this a request on the client's allocation, signed with the key that made it?
         Those are never locked out: a guesser on the same address ends nobody's call."""
         alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
-        return alloc is not None and alloc.username == username and msg.check_integrity(alloc.key)
+        return alloc is not None and alloc.username == username and _signed_with(msg, alloc.key)
 
     def _refuse_turn(self, ctx: Context, msg: Message, now: float) -> bytes:
         """auth.type none: no TURN at all, so no relay is ever opened. Answered as stunnerd
         (pion/turn without an auth handler) does: an unsigned request earns the usual 401
         challenge, a signed one 400 Bad Request, which no client retries."""
-        if not msg.has(stun.ATTR_MESSAGE_INTEGRITY):
+        if msg.integrity_offset < 0 and msg.integrity_sha256_offset < 0:
             return self._challenge(ctx, msg, ErrorCode.UNAUTHORIZED, now)
         return self._error(ctx, msg, ErrorCode.BAD_REQUEST, "STUN only: no TURN here", quiet=True)
 
     def _challenge(self, ctx: Context, msg: Message, code: ErrorCode, now: float) -> bytes:
-        # Kept small on purpose: answers to unauthenticated requests must not amplify.
+        # Kept small on purpose: answers to unauthenticated requests must not amplify. The
+        # RFC 8489 parts (the nonce cookie, 12 bytes of PASSWORD-ALGORITHMS) are ignored by an
+        # RFC 5389 client, which goes on with MD5 and MESSAGE-INTEGRITY.
         attrs = [
             (stun.ATTR_REALM, self.credentials.realm.encode()),
-            (stun.ATTR_NONCE, self.nonces.issue(now, self._nonce_binding(ctx)).encode()),
+            (stun.ATTR_NONCE, self.nonce_for(ctx, now).encode()),
+            (stun.ATTR_PASSWORD_ALGORITHMS, OFFERED_PASSWORD_ALGORITHMS),
         ]
         return self._error(ctx, msg, code, attrs=attrs, quiet=True)
 
@@ -441,7 +499,13 @@ class TurnServer:
 
     def nonce_for(self, ctx: Context, now: float) -> str:
         """The nonce a challenge to this client would carry now (for tests and tools)."""
-        return self.nonces.issue(now, self._nonce_binding(ctx))
+        return self.nonces.issue(now, self._nonce_binding(ctx), self._security_features())
+
+    def _security_features(self) -> int:
+        features = stun.SECURITY_FEATURE_PASSWORD_ALGORITHMS
+        if self.credentials.supports_userhash:
+            features |= stun.SECURITY_FEATURE_USERNAME_ANONYMITY
+        return features
 
     def _allocation(self, ctx: Context, auth: Authenticated) -> Allocation:
         alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
@@ -758,12 +822,16 @@ class TurnServer:
     def _response(
         self, msg: Message, cls: int, attrs: list[tuple[int, bytes]], key: bytes | None = None
     ) -> bytes:
+        # signed with the algorithm the request was checked with (RFC 8489 9.2.4): SHA-256
+        # when it carried MESSAGE-INTEGRITY-SHA256, else HMAC-SHA1
+        sha256 = msg.integrity_sha256_offset >= 0
         return stun.encode_message(
             msg.method,
             cls,
             msg.transaction_id,
             attrs,
-            integrity_key=key,
+            integrity_key=None if sha256 else key,
+            integrity_sha256_key=key if sha256 else None,
             fingerprint=msg.fingerprint_offset >= 0,
         )
 

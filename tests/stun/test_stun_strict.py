@@ -61,11 +61,6 @@ def test_minimal_message_parses() -> None:
         pytest.param(raw_message(struct.pack("!HH", 0x8022, 4)), id="truncated-value"),
         pytest.param(raw_message(struct.pack("!HH", 0x8022, 5) + b"abcd"), id="missing-padding"),
         pytest.param(raw_message(struct.pack("!HH", 0x8022, 200) + b"abcd"), id="overrun"),
-        pytest.param(raw_message(MI + MI), id="duplicate-mi"),
-        pytest.param(raw_message(MI256 + MI256), id="duplicate-mi256"),
-        pytest.param(raw_message(MI256 + MI), id="mi-after-mi256"),
-        pytest.param(raw_message(MI + SOFTWARE), id="attr-after-mi"),
-        pytest.param(raw_message(MI256 + SOFTWARE), id="attr-after-mi256"),
         pytest.param(raw_message(attr(8, bytes(16))), id="short-mi"),
         pytest.param(raw_message(attr(0x1C, bytes(12))), id="short-mi256"),
         pytest.param(raw_message(attr(0x1C, bytes(18))), id="mi256-not-mult-4"),
@@ -77,6 +72,66 @@ def test_minimal_message_parses() -> None:
 def test_rejected(data: bytes) -> None:
     with pytest.raises(stun.StunError):
         stun.parse_message(data)
+
+
+OTHER_MI = attr(stun.ATTR_MESSAGE_INTEGRITY, b"\x01" * 20)
+OTHER_MI256 = attr(stun.ATTR_MESSAGE_INTEGRITY_SHA256, b"\x01" * 32)
+
+
+@pytest.mark.parametrize(
+    ("body", "kept"),
+    [
+        # RFC 8489 14.5: after MESSAGE-INTEGRITY all but MI-SHA256 and FINGERPRINT is ignored
+        pytest.param(MI + SOFTWARE, [stun.ATTR_MESSAGE_INTEGRITY], id="attr-after-mi"),
+        pytest.param(MI + OTHER_MI, [stun.ATTR_MESSAGE_INTEGRITY], id="duplicate-mi"),
+        pytest.param(
+            MI + SOFTWARE + MI256,
+            [stun.ATTR_MESSAGE_INTEGRITY, stun.ATTR_MESSAGE_INTEGRITY_SHA256],
+            id="mi-ignored-mi256",
+        ),
+        # 14.6: after MESSAGE-INTEGRITY-SHA256 all but FINGERPRINT is ignored
+        pytest.param(MI256 + SOFTWARE, [stun.ATTR_MESSAGE_INTEGRITY_SHA256], id="attr-after-mi256"),
+        pytest.param(MI256 + MI, [stun.ATTR_MESSAGE_INTEGRITY_SHA256], id="mi-after-mi256"),
+        pytest.param(MI256 + OTHER_MI256, [stun.ATTR_MESSAGE_INTEGRITY_SHA256], id="dup-mi256"),
+        # a comprehension-required unknown type after integrity is ignored too (no 420)
+        pytest.param(MI + attr(0x0777, b"?"), [stun.ATTR_MESSAGE_INTEGRITY], id="unknown-after"),
+    ],
+)
+def test_attributes_after_integrity_are_ignored(body: bytes, kept: list[int]) -> None:
+    for data in (raw_message(body), with_fingerprint(body)):
+        msg = stun.parse_message(data)
+        assert [t for t, _ in msg.attributes if t != stun.ATTR_FINGERPRINT] == kept
+        # the first of each integrity attribute is the one checked, never an ignored one
+        assert msg.integrity_offset == (20 if kept[0] == stun.ATTR_MESSAGE_INTEGRITY else -1)
+        assert msg.get(stun.ATTR_MESSAGE_INTEGRITY) in (None, bytes(20))
+        assert msg.get(stun.ATTR_MESSAGE_INTEGRITY_SHA256) in (None, bytes(32))
+        assert not msg.unknown_required(stun.KNOWN_ATTRIBUTES)
+
+
+def test_ignored_attributes_still_count_against_the_cap() -> None:
+    body = MI + SOFTWARE * stun.MAX_ATTRIBUTES
+    with pytest.raises(stun.StunError, match="attributes"):
+        stun.parse_message(raw_message(body))
+
+
+def test_signed_request_with_trailing_junk_still_verifies() -> None:
+    """A signed request with an attribute after MESSAGE-INTEGRITY-SHA256 (then FINGERPRINT):
+    both MACs hold, the junk is gone."""
+    key = hashlib.sha256(b"u:r:p").digest()
+    good = stun.encode_message(
+        stun.METHOD_BINDING,
+        stun.CLASS_REQUEST,
+        TID,
+        [(stun.ATTR_SOFTWARE, b"x")],
+        integrity_key=key,
+        integrity_sha256_key=key,
+    )
+    junk = attr(stun.ATTR_USERNAME, b"mallory")
+    body = good[20:] + junk
+    data = with_fingerprint(body)
+    msg = stun.parse_message(data)
+    assert msg.check_integrity(key) and msg.check_integrity_sha256(key)
+    assert msg.get(stun.ATTR_USERNAME) is None and msg.fingerprint_offset > 0
 
 
 def test_attribute_after_fingerprint_rejected() -> None:
