@@ -16,3 +16,5 @@ class ListenerCounters:
     tx_bytes: int = 0
     dropped: int = 0
     allocations_total: int = 0
+    proxy_untrusted: int = 0  # PROXY-protocol listeners: connections from an untrusted source
+    proxy_malformed: int = 0  # ... and ones whose header was malformed, missing or late

@@ -356,6 +356,8 @@ class Server:
                 tx_packets=c.tx_packets + tx_packets,
                 tx_bytes=c.tx_bytes + tx_bytes,
                 dropped=c.dropped,
+                proxy_untrusted=c.proxy_untrusted,
+                proxy_malformed=c.proxy_malformed,
                 # a stopped listener: what its allocations and counters say
                 connections=lst.connections_open
                 if lst is not None

@@ -15,14 +15,22 @@ meets them:
 - A connection without an allocation whose last STUN message (or its accept, or the end of its
   allocation) is `admin.connection_idle_timeout` seconds old is closed by a sweep once a second.
   The sweep reads a timestamp the slow path writes: ChannelData costs nothing more.
+
+Behind a load balancer that SNATs, a listener with `proxy_protocol: true` takes the client's
+address from a PROXY protocol header (v1 or v2, `net/proxy_protocol.py`), read before TLS: a
+connection from outside `proxy_protocol_trusted`, or whose header is malformed, missing or not
+whole within PROXY_HEADER_TIMEOUT, is closed and counted. The per-IP cap counts the LB's
+address until the header names the client, then the client's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import weakref
 from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import cast
 
 from stunner_dp import stun
@@ -33,12 +41,31 @@ from stunner_dp.turn.types import Addr, Context
 from .counters import ListenerCounters
 from .fds import FD_RESERVE, fd_soft_limit, open_fds
 from .listener import dispatch_stun, send_outputs
+from .proxy_protocol import ProxyHeaderError, parse_header
 
 MAX_FRAME = 65536 + 4
 WRITE_BUFFER_LIMIT = 1 << 20  # past this a slow client loses media, not the server's memory
 SWEEP = 1.0  # seconds between idle checks
 TLS_HANDSHAKE_TIMEOUT = 10.0  # a backstop: the idle sweep closes a silent handshake sooner
 FD_SHARE = 2  # stream connections get at most 1/FD_SHARE of the descriptors free at start
+PROXY_HEADER_TIMEOUT = 5.0  # seconds a PROXY-protocol connection has to send its header
+
+
+@functools.lru_cache(maxsize=64)
+def trusted_networks(ranges: tuple[str, ...]) -> tuple[IPv4Network | IPv6Network, ...]:
+    """listeners[].proxy_protocol_trusted as networks (validated by the config parser)."""
+    return tuple(ip_network(text, strict=False) for text in ranges)
+
+
+def is_trusted(ip: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    """Whether a connection from `ip` may carry a PROXY header (IPv4-mapped folded)."""
+    try:
+        addr: IPv4Address | IPv6Address = ip_address(ip.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(addr, IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
 
 
 def stream_fd_budget() -> int | None:
@@ -155,6 +182,14 @@ class StreamListener:
     def protocol(self) -> StreamConnection:
         return StreamConnection(self)
 
+    def proxy_trusted(self) -> tuple[IPv4Network | IPv6Network, ...] | None:
+        """The sources that may send a PROXY header; None: this listener takes none. Read
+        from the live config at each accept, so a change applies to the next connection."""
+        lis = self.server.config.listener(self.name)
+        if lis is None or not lis.proxy_protocol:
+            return None
+        return trusted_networks(lis.proxy_protocol_trusted)
+
     def close(self) -> None:
         self.closed = True
         if self._sweeper is not None:
@@ -199,6 +234,8 @@ class StreamConnection(asyncio.Protocol):
         self.admitted = False  # counted by the gate, until it is gone
         self._tls_task: asyncio.Future[None] | None = None  # held: a task may not be collected
         self.early: bytearray | None = None  # TLS bytes read before start_tls took over
+        self.proxy: bytearray | None = None  # bytes of a PROXY header still being read
+        self._proxy_timer: asyncio.TimerHandle | None = None
         self.last_active = 0.0  # listener.now() of the last STUN message (slow path only)
         self.sendto: Callable[[bytes | memoryview, Addr], object] = self._write
         self.sendmsg: Callable[..., int] | None = None  # a stream has no datagrams to batch
@@ -212,6 +249,12 @@ class StreamConnection(asyncio.Protocol):
             return
         peer = raw.get_extra_info("peername")
         self.client = (str(peer[0]), int(peer[1]))
+        trusted = listener.proxy_trusted()
+        if trusted is not None and not is_trusted(self.client[0], trusted):
+            listener.counters.proxy_untrusted += 1
+            raw.abort()
+            return
+        # behind a PROXY header this is the LB's address, replaced once the header is read
         if not listener.gate.admit(self.client[0], listener.server.config.admin):
             listener.refused += 1
             raw.abort()
@@ -221,11 +264,67 @@ class StreamConnection(asyncio.Protocol):
         self.last_active = listener.now()
         listener.connections.add(self)
         listener.start_sweeper()
-        if listener.tls is None:
-            self._up(raw)
+        if trusted is not None:
+            self.proxy = bytearray()
+            loop = asyncio.get_running_loop()
+            self._proxy_timer = loop.call_later(PROXY_HEADER_TIMEOUT, self._proxy_late)
         else:
-            self.early = bytearray()
-            self._tls_task = asyncio.ensure_future(self._start_tls(raw, listener.tls))
+            self._start_stream(raw, b"")
+
+    def _start_stream(self, raw: asyncio.Transport, first: bytes) -> None:
+        """TURN on the connection from here: `first` is what came after a PROXY header."""
+        tls = self.listener.tls
+        if tls is None:
+            self._up(raw)
+            if first:
+                self.data_received(first)
+        else:
+            self.early = bytearray(first)
+            self._tls_task = asyncio.ensure_future(self._start_tls(raw, tls))
+
+    def _proxy_data(self, data: bytes) -> None:
+        """Bytes before the PROXY header is whole: once it is, the client is who it names."""
+        assert self.proxy is not None and self.raw is not None
+        buf = self.proxy
+        buf += data
+        try:
+            header = parse_header(buf)
+        except ProxyHeaderError:
+            self._proxy_refuse()
+            return
+        if header is None:
+            return
+        self.proxy = None
+        self._cancel_proxy_timer()
+        listener = self.listener
+        source = header.source  # None: the LB's own connection (a health check), served as is
+        if source is not None and source != self.client:
+            listener.gate.release(self.client[0])
+            if not listener.gate.admit(source[0], listener.server.config.admin):
+                self.admitted = False  # released already
+                listener.connections.discard(self)
+                listener.refused += 1
+                self.raw.abort()
+                return
+            self.client = source
+        self._start_stream(self.raw, bytes(buf[header.length :]))
+
+    def _proxy_late(self) -> None:
+        self._proxy_timer = None
+        if self.proxy is not None:
+            self._proxy_refuse()
+
+    def _proxy_refuse(self) -> None:
+        """A malformed, missing or late header: the connection is closed, TLS never begins."""
+        self.proxy = None
+        self._cancel_proxy_timer()
+        self.listener.counters.proxy_malformed += 1
+        self.abort()
+
+    def _cancel_proxy_timer(self) -> None:
+        if self._proxy_timer is not None:
+            self._proxy_timer.cancel()
+            self._proxy_timer = None
 
     async def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
@@ -266,6 +365,7 @@ class StreamConnection(asyncio.Protocol):
         self._gone()
 
     def _gone(self) -> None:
+        self._cancel_proxy_timer()
         if not self.admitted:
             return
         self.admitted = False
@@ -296,6 +396,9 @@ class StreamConnection(asyncio.Protocol):
             stream.write(b"\0" * (4 - (len(data) & 3)))
 
     def data_received(self, data: bytes) -> None:
+        if self.proxy is not None:  # a PROXY header first, in the clear even before TLS
+            self._proxy_data(data)
+            return
         if self.early is not None:  # ciphertext, before start_tls replaced this protocol
             self.early += data
             if self.raw is not None:

@@ -346,6 +346,16 @@ class ListenerStats(Figures):
         "stunner_listener_dropped_packets",
         "Packets from or to the clients of a listener that were dropped",
     )
+    proxy_untrusted: int = counter(
+        "stunner_listener_proxy_untrusted",
+        "Connections to a PROXY-protocol listener closed at accept: their source is not in "
+        "the listener's proxy_protocol_trusted",
+    )
+    proxy_malformed: int = counter(
+        "stunner_listener_proxy_malformed",
+        "Connections to a PROXY-protocol listener closed because their PROXY header was "
+        "malformed, missing, too long or not whole within 5 s",
+    )
     streams: bool = flag()  # TCP/TLS
 
 
