@@ -12,7 +12,15 @@ import ipaddress
 import struct
 from collections.abc import Sequence
 
-from .constants import FAMILY_IPV4, FAMILY_IPV6, MAGIC_COOKIE, NONCE_COOKIE, REASONS
+from .constants import (
+    CHANGE_IP,
+    CHANGE_PORT,
+    FAMILY_IPV4,
+    FAMILY_IPV6,
+    MAGIC_COOKIE,
+    NONCE_COOKIE,
+    REASONS,
+)
 from .errors import StunError, only_stun_errors
 
 Address = tuple[str, int]
@@ -295,6 +303,20 @@ def decode_family(value: bytes) -> int:
     if family not in (FAMILY_IPV4, FAMILY_IPV6):
         raise StunError(f"bad address family {family}")
     return family
+
+
+def encode_change_request(*, change_ip: bool = False, change_port: bool = False) -> bytes:
+    """CHANGE-REQUEST (RFC 5780 7.2): 32 bits, "change IP" 0x4 and "change port" 0x2."""
+    return _U32.pack((CHANGE_IP if change_ip else 0) | (CHANGE_PORT if change_port else 0))
+
+
+@only_stun_errors
+def decode_change_request(value: bytes) -> tuple[bool, bool]:
+    """(change IP, change port); the other bits are ignored, as RFC 5780 asks."""
+    if len(value) != 4:
+        raise StunError("CHANGE-REQUEST must be 4 bytes")
+    flags = _U32.unpack(value)[0]
+    return bool(flags & CHANGE_IP), bool(flags & CHANGE_PORT)
 
 
 # ICMP (RFC 8656 18.13): 16 reserved bits, type byte, code byte, 32-bit error data.
