@@ -5,7 +5,7 @@ Whatever arrives, from the client that owns an allocation or from a stranger, ov
 - a request gets at most one datagram back;
 - no allocation, permission, channel or reservation changes unless the message carries a
   valid MESSAGE-INTEGRITY (checked with the real key as the oracle);
-- answers to anything not validly signed carry no SOFTWARE, a NONCE of at most 32 bytes, and
+- answers to anything not validly signed carry no SOFTWARE, a NONCE of at most 36 bytes, and
   are at most AMPLIFICATION_BOUND times the size of the request (the largest ratio seen is
   printed by the last test of this file and quoted in the README).
 """
@@ -44,11 +44,13 @@ FUZZ = settings(max_examples=1500, deadline=None, suppress_health_check=list(Hea
 # An unauthenticated answer is at most this many times its request (requests of >= 20 bytes,
 # the smallest a STUN message can be). The worst case is a bare 20-byte Allocate header that
 # earns a 401: header 20 + ERROR-CODE 20 ("Unauthorized") + REALM 4 + len(realm) padded +
-# NONCE 28. With stunnerd's default realm (15 bytes) that is 88 bytes, 4.4x; a real client's
-# first Allocate carries REQUESTED-TRANSPORT (28 bytes: 3.1x). Per source IP the rate limit
-# caps what a spoofed victim can receive (admin.unauth_rate_per_ip answers a second).
-AMPLIFICATION_BOUND = 4.4
-MAX_NONCE = 32
+# NONCE 40 (35 characters: RFC 8489's nonce cookie and feature bits, 13, then ours) +
+# PASSWORD-ALGORITHMS 12 (RFC 8489 9.2.4 requires both in every 401/438). With stunnerd's
+# default realm (15 bytes) that is 112 bytes, 5.6x; a real client's first Allocate carries
+# REQUESTED-TRANSPORT (28 bytes: 4.0x). Per source IP the rate limit caps what a spoofed
+# victim can receive (admin.unauth_rate_per_ip answers a second).
+AMPLIFICATION_BOUND = 5.6
+MAX_NONCE = 36
 
 _seen = {"ratio": 0.0, "in": 0, "out": 0, "what": ""}
 _CORPUS = corpus(new_server().nonce_for(ctx(OWNER), NOW))
