@@ -7,7 +7,8 @@
 #   buildah bud --build-arg BASE=localhost/my-python:3.11 ...   (any Debian-like base with python3 + venv)
 #
 # Stage 1 builds wheels of the project and all its dependencies; stage 2 installs only
-# those wheels (no compiler, no network) into a virtualenv and runs as an unprivileged user.
+# those wheels (no compiler, no index) into a virtualenv and runs as an unprivileged user; its
+# one Debian package is libbpf1, for the kernel fast path.
 
 ARG BASE=docker.io/library/python:3.11-slim-bookworm
 
@@ -33,6 +34,14 @@ LABEL org.opencontainers.image.title="stunner-dp" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="MIT" \
       org.opencontainers.image.vendor="stunner-dp"
+# libbpf1 (libelf1 comes with it): the kernel fast path (admin.offload_engine) loads
+# libbpf.so.1 with ctypes at run time. The only package the runtime stage installs, pinned to
+# Debian 12's 1.1 series (what the loader is tested with; a point release keeps building).
+# Another Debian-like base: --build-arg LIBBPF_VERSION=<its libbpf1 1.x version>.
+ARG LIBBPF_VERSION=1:1.1.*
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends "libbpf1=${LIBBPF_VERSION}" \
+    && rm -rf /var/lib/apt/lists/*
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -68,7 +68,36 @@ def test_dockerfile_shape() -> None:
     # the runtime stage installs wheels only, no index, no compiler
     runtime_runs = " ".join(rest for op, rest in runtime if op == "RUN")
     assert "--no-index" in runtime_runs
-    assert not re.search(r"\b(gcc|build-essential|apt-get install)\b", runtime_runs)
+    assert not re.search(r"\b(gcc|cc|clang|build-essential|python3-dev)\b", runtime_runs)
+    assert runtime_apt_packages(runtime) == ["libbpf1"]
+
+
+LIBBPF_PIN = re.compile(r'^"?libbpf1=\$\{LIBBPF_VERSION\}"?$')
+
+
+def runtime_apt_packages(runtime: list[tuple[str, str]]) -> list[str]:
+    """What the runtime stage installs with apt-get, checked to be exactly libbpf1: the kernel
+    fast path loads libbpf.so.1 with ctypes (stunner_dp/offload/libbpf.py), so the image must
+    carry it. Pinned through ARG LIBBPF_VERSION to libbpf1's 1.x series (the soname the loader
+    opens; the default Debian 12's 1.1, the one it is tested with), without recommends, and the
+    apt lists removed in the same RUN (no layer keeps them)."""
+    packages: list[str] = []
+    for op, rest in runtime:
+        if op != "RUN" or "apt-get install" not in rest:
+            continue
+        for step in rest.split("&&"):
+            words = step.split()
+            if words[:2] != ["apt-get", "install"]:
+                continue
+            assert "--no-install-recommends" in words, step
+            names = [w for w in words[2:] if not w.startswith("-")]
+            assert all(LIBBPF_PIN.match(n) for n in names), f"only a pinned libbpf1: {step}"
+            packages += ["libbpf1" for _ in names]
+        assert "rm -rf /var/lib/apt/lists/*" in rest, "apt lists removed in the same layer"
+    args = {rest.split("=", 1)[0]: rest.split("=", 1)[1] for op, rest in runtime if op == "ARG"}
+    version = args.get("LIBBPF_VERSION", "")
+    assert re.fullmatch(r"1:1\.\d+[.*\w+~-]*", version), f"libbpf1 1.x pinned, not {version!r}"
+    return packages
 
 
 def test_dockerignore_keeps_the_context_small() -> None:

@@ -169,6 +169,65 @@ def test_default_config_in_image_is_valid(built: Built) -> None:
         buildah("rm", ctr, check=False)
 
 
+# --- the kernel fast path's needs -----------------------------------------------------------
+
+OFFLOAD_PROBE = """
+import json
+from stunner_dp.offload import libbpf, offload_unavailable_reason
+try:
+    libbpf.lib()
+    lib = "loaded"
+except libbpf.OffloadError as e:
+    lib = e.reason
+reason = offload_unavailable_reason()
+attached = None
+if reason is None:
+    from stunner_dp.offload import OffloadEngine
+    with OffloadEngine.load(["lo"]) as engine:
+        attached = [a.mode for a in engine.attachments]
+print(json.dumps({"libbpf": lib, "reason": reason, "attached": attached}))
+"""
+FAST_PATH_CAPS = ("CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON")
+
+
+def offload_probe(built: Built, *run_args: str) -> dict[str, Any]:
+    """OFFLOAD_PROBE run inside a fresh container of the image, with `run_args` for buildah run."""
+    ctr = buildah("from", "--quiet", built.image).strip()
+    try:
+        out = buildah(
+            "run", "--isolation", "chroot", "--network", "host", *run_args, ctr, "--",
+            "python3", "-c", OFFLOAD_PROBE,
+        )  # fmt: skip
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return result
+    finally:
+        buildah("rm", ctr, check=False)
+
+
+def test_image_carries_libbpf_for_the_kernel_fast_path(built: Built) -> None:
+    """As the image runs by default (its non-root user, no capabilities): libbpf.so.1 loads, and
+    the reason the offload cannot load is the missing privilege, nothing the image lacks."""
+    probe = offload_probe(built)
+    print(f"\nunprivileged, the image says: {probe['reason']}")
+    assert probe["libbpf"] == "loaded", probe
+    reason = probe["reason"] or ""
+    assert reason.startswith("not permitted") and "libbpf" not in reason, probe
+
+
+def test_image_loads_the_kernel_fast_path_with_its_capabilities(built: Built) -> None:
+    """Given the three capabilities deploy/ grants (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, added
+    to buildah's default set, which has no CAP_SYS_ADMIN; as uid 0, whose bounding set keeps
+    them across the exec), the program loads and attaches on lo inside the image, and is
+    detached when the probe closes its engine (a tcx link also dies with the process)."""
+    from stunner_dp.offload import offload_unavailable_reason
+
+    if (host := offload_unavailable_reason()) is not None:
+        pytest.skip(f"this host cannot load the kernel fast path at all: {host}")
+    caps = [arg for cap in FAST_PATH_CAPS for arg in ("--cap-add", cap)]
+    probe = offload_probe(built, "--user", "0:0", *caps)
+    assert probe["reason"] is None and probe["attached"] == ["tcx"], probe
+
+
 # --- the image running ----------------------------------------------------------------------
 
 
