@@ -53,6 +53,12 @@ class _RequestLog(logging.Logger):
             return
         super().exception(msg, *args, exc_info=exc_info, **kw)
 
+    def isEnabledFor(self, level: int) -> bool:
+        # unregistered, so logging never clears this logger's level cache (setLevel, a reload,
+        # caplog): ask aiohttp's logger each time
+        parent = self.parent
+        return parent.isEnabledFor(level) if parent is not None else super().isEnabledFor(level)
+
 
 # not registered with logging: it takes its level and handlers from aiohttp's own logger
 # through `parent`, and its lines carry aiohttp's name
