@@ -191,6 +191,7 @@ async def test_an_asyncio_callback_failure_is_one_json_line(
 
 
 def test_an_uncaught_exception_is_a_json_line(json_logging: pytest.CaptureFixture[str]) -> None:
+    configure_logging("all:INFO", "json")  # again: pytest swaps threading.excepthook per phase
     try:
         raise RuntimeError("nobody caught me")
     except RuntimeError as exc:
