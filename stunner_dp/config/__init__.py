@@ -7,7 +7,14 @@ from .diff import ConfigDiff, diff_configs
 from .endpoints import Endpoint, parse_endpoint
 from .errors import ConfigError
 from .load import load_config_file, load_config_text
-from .model import AdminConfig, AuthConfig, ClusterConfig, ListenerConfig, StunnerConfig
+from .model import (
+    AdminConfig,
+    AuthConfig,
+    ClusterConfig,
+    ListenerConfig,
+    NatDiscoveryConfig,
+    StunnerConfig,
+)
 from .parse import parse_config
 
 __all__ = [
@@ -18,6 +25,7 @@ __all__ = [
     "ConfigError",
     "Endpoint",
     "ListenerConfig",
+    "NatDiscoveryConfig",
     "StunnerConfig",
     "diff_configs",
     "load_config_file",

@@ -26,8 +26,9 @@ class ConfigDiff:
         return self == ConfigDiff()
 
 
-def _socket_key(lis: ListenerConfig) -> tuple[str, str, int, str, str]:
-    return (lis.protocol, lis.address, lis.port, lis.cert, lis.key)
+def _socket_key(lis: ListenerConfig) -> tuple[object, ...]:
+    # NAT discovery's extra sockets are bound with the listener's
+    return (lis.protocol, lis.address, lis.port, lis.cert, lis.key, lis.nat_discovery)
 
 
 def diff_configs(old: StunnerConfig, new: StunnerConfig) -> ConfigDiff:

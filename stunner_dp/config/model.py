@@ -17,6 +17,7 @@ __all__ = [
     "AuthConfig",
     "ClusterConfig",
     "ListenerConfig",
+    "NatDiscoveryConfig",
     "StunnerConfig",
 ]
 
@@ -44,10 +45,6 @@ class AdminConfig:
     max_connections: int = 0
     max_connections_per_ip: int = 256
     connection_idle_timeout: int = 5  # seconds silent without an allocation; 0: never closed
-    # relayed payload bytes/s per quota user in each direction (0: no cap), a token bucket of
-    # user_bandwidth_burst bytes (0: one second's worth)
-    user_bandwidth: int = 0
-    user_bandwidth_burst: int = 0
     # STUNner's kernel offload: "None", "TC", "XDP" or "Auto" as STUNner spells them, and the
     # interfaces (empty: all), sorted. Kept for the offload engine to read.
     offload_engine: str = "None"
@@ -68,8 +65,6 @@ class AdminConfig:
             "max_connections": self.max_connections,
             "max_connections_per_ip": self.max_connections_per_ip,
             "connection_idle_timeout": self.connection_idle_timeout,
-            "user_bandwidth": self.user_bandwidth,
-            "user_bandwidth_burst": self.user_bandwidth_burst,
             "offload_engine": self.offload_engine,
             "offload_interfaces": list(self.offload_interfaces),
         }
@@ -105,6 +100,18 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class NatDiscoveryConfig:
+    """listeners[].nat_discovery (extension, TURN-UDP): the second address and port RFC 5780
+    NAT behaviour discovery answers from (the first is the listener's address and port)."""
+
+    alternate_address: str
+    alternate_port: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alternate_address": self.alternate_address, "alternate_port": self.alternate_port}
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     name: str
     protocol: str  # "TURN-UDP" | "TURN-TCP" | "TURN-TLS" | "TURN-DTLS" after normalisation
@@ -124,6 +131,8 @@ class ListenerConfig:
     # naming the client, sent by a load balancer from one of the trusted networks (CIDRs)
     proxy_protocol: bool = False
     proxy_protocol_trusted: tuple[str, ...] = ()
+    # extension, TURN-UDP only: RFC 5780 on (OTHER-ADDRESS, RESPONSE-ORIGIN, CHANGE-REQUEST)
+    nat_discovery: NatDiscoveryConfig | None = None
 
     @property
     def transport(self) -> str:
@@ -147,6 +156,8 @@ class ListenerConfig:
         if self.proxy_protocol:
             out["proxy_protocol"] = True
             out["proxy_protocol_trusted"] = list(self.proxy_protocol_trusted)
+        if self.nat_discovery is not None:
+            out["nat_discovery"] = self.nat_discovery.to_dict()
         if self.cert:
             out["cert"] = self.cert
         if self.key:

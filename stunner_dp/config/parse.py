@@ -22,6 +22,7 @@ from .model import (
     AuthConfig,
     ClusterConfig,
     ListenerConfig,
+    NatDiscoveryConfig,
     StunnerConfig,
 )
 
@@ -51,8 +52,6 @@ REST_HMACS = ("sha1", "sha256")
 _MAX_PREVIOUS_SECRETS = 8
 _COUNT_MAX = 2**31 - 1
 _IDLE_MAX = 3600  # admin.connection_idle_timeout, seconds
-_BANDWIDTH_MIN = 1000  # admin.user_bandwidth, bytes/s, when set
-_BURST_MIN = 1500  # admin.user_bandwidth_burst, bytes, when set: one packet fits
 # v1alpha1 relay range defaults, kept for converted files so they behave as they used to
 _V1ALPHA1_RELAY = (32768, 65535)
 
@@ -156,7 +155,6 @@ def _admin(m: Mapping[str, Any]) -> AdminConfig:
             "auth_failures_per_user", d.auth_failures_per_user, "the failed-login limit per user"
         ),
         **_connection_limits(m, d),
-        **_user_bandwidth(m, d),
         offload_engine=offload_engine,
         offload_interfaces=offload_interfaces,
     )
@@ -188,40 +186,6 @@ def _connection_limits(m: Mapping[str, Any], d: AdminConfig) -> dict[str, int]:
             idle_rule,
         ),
     }
-
-
-def _user_bandwidth(m: Mapping[str, Any], d: AdminConfig) -> dict[str, int]:
-    """admin.user_bandwidth and user_bandwidth_burst (extensions), bytes/s and bytes."""
-    rate = get_int(
-        m,
-        "user_bandwidth",
-        "admin",
-        d.user_bandwidth,
-        0,
-        _COUNT_MAX,
-        "relayed bytes per second per user in each direction: 0 (no cap) or at least "
-        f"{_BANDWIDTH_MIN} (e.g. 250000 for 2 Mbit/s)",
-    )
-    if 0 < rate < _BANDWIDTH_MIN:
-        rule = f"0 (no cap) or at least {_BANDWIDTH_MIN} bytes per second (no media fits below)"
-        raise ConfigError("admin.user_bandwidth", rate, rule)
-    burst = get_int(
-        m,
-        "user_bandwidth_burst",
-        "admin",
-        d.user_bandwidth_burst,
-        0,
-        _COUNT_MAX,
-        f"bytes a user may send at once: 0 (one second of user_bandwidth) or at least "
-        f"{_BURST_MIN} (one packet)",
-    )
-    if 0 < burst < _BURST_MIN:
-        rule = f"0 (one second of user_bandwidth) or at least {_BURST_MIN} bytes (one packet)"
-        raise ConfigError("admin.user_bandwidth_burst", burst, rule)
-    if burst and not rate:
-        rule = "a burst does nothing without admin.user_bandwidth: set that, or remove this"
-        raise ConfigError("admin.user_bandwidth_burst", burst, rule)
-    return {"user_bandwidth": rate, "user_bandwidth_burst": burst}
 
 
 def _offload(m: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
@@ -353,6 +317,40 @@ def _proxy_protocol(
     return True, tuple(out)
 
 
+def _nat_discovery(m: Mapping[str, Any], path: str, lis: ListenerConfig) -> NatDiscoveryConfig:
+    """listeners[].nat_discovery (extension): RFC 5780's second address and port."""
+    field = join(path, "nat_discovery")
+    section = get_mapping(m.get("nat_discovery"), field)
+    if lis.transport != "udp":
+        rule = "NAT behaviour discovery (RFC 5780) is for TURN-UDP listeners; remove it here"
+        raise ConfigError(field, dict(section), rule)
+    primary = ip_address(lis.address)
+    if primary.is_unspecified:
+        rule = (
+            "NAT discovery answers from the listener's own address, so `address` must be a "
+            "specific IP (e.g. $STUNNER_ADDR), not the wildcard"
+        )
+        raise ConfigError(join(path, "address"), lis.address, rule)
+    address_field = join(field, "alternate_address")
+    given = get_str(section, "alternate_address", field).strip()
+    rule = f"a second IPv{primary.version} address of this host, other than {lis.address}"
+    if not given:
+        raise ConfigError.missing(address_field, rule)
+    try:
+        alternate = ip_address(given)
+    except ValueError:
+        raise ConfigError(address_field, given, rule) from None
+    if alternate.is_unspecified or alternate.version != primary.version or alternate == primary:
+        raise ConfigError(address_field, given, rule)
+    port_rule = f"a second port (1-65535), other than the listener's port {lis.port}"
+    port = get_int(section, "alternate_port", field, 0, 1, 65535, port_rule)
+    if port == 0:
+        raise ConfigError.missing(join(field, "alternate_port"), port_rule)
+    if port == lis.port:
+        raise ConfigError(join(field, "alternate_port"), port, port_rule)
+    return NatDiscoveryConfig(str(alternate), port)
+
+
 def _listener(m: Mapping[str, Any], path: str) -> ListenerConfig:
     name = get_str(m, "name", path)
     if not name.strip():
@@ -399,6 +397,8 @@ def _listener(m: Mapping[str, Any], path: str) -> ListenerConfig:
     proxy, trusted = _proxy_protocol(m, path, lis.transport)
     if proxy:
         lis = dataclasses.replace(lis, proxy_protocol=True, proxy_protocol_trusted=trusted)
+    if m.get("nat_discovery") is not None:
+        lis = dataclasses.replace(lis, nat_discovery=_nat_discovery(m, path, lis))
     if lis.transport in ("tls", "dtls"):
         for key in ("cert", "key"):
             _check_pem(getattr(lis, key), join(path, key), protocol)

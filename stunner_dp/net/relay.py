@@ -37,6 +37,11 @@ PortKey = tuple[int, str, int]  # (address family, bound address, port)
 MAX_SEG = gso.MAX_SEGMENT + 4  # a ChannelData frame: header and payload
 
 
+# <linux/in.h>; Python's socket module names IP_MTU_DISCOVER only on some builds
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)  # DF set, never fragmented
+
+
 def primary_address(family: int) -> str:
     """The address this host uses to reach the outside, found without sending anything (a UDP
     connect only picks a route). Used when a listener's `address` is a wildcard."""
@@ -85,42 +90,14 @@ class RelaySocket:
     def attach(self, allocation: Allocation | None) -> None:
         self.allocation = allocation
         if allocation is not None and not self._reading:
-            self._loop.add_reader(self._sock.fileno(), self._hot_reader(allocation))
-            self._reading = True
-
-    def _hot_reader(self, allocation: Allocation) -> Callable[[], None]:
-        batching = (
-            allocation.link.sendmsg is not None
-            and self._pool.gso
-            and self._sock.family == socket.AF_INET
-        )
-        return self._on_readable if batching else self._on_readable_plain
-
-    @property
-    def sock(self) -> socket.socket:
-        return self._sock
-
-    def divert(
-        self, send: Callable[[bytes | memoryview, Addr], object], reader: Callable[[], None]
-    ) -> None:
-        """Take this relay off the hot paths (a user over its bandwidth cap, net/bandwidth.py):
-        `send` in place of the socket's sendto towards peers, `reader` in place of the
-        hot-path reader of what peers send."""
-        self.sendto = send
-        if self._reading:
-            self._loop.remove_reader(self._sock.fileno())
+            batching = (
+                allocation.link.sendmsg is not None
+                and self._pool.gso
+                and self._sock.family == socket.AF_INET
+            )
+            reader = self._on_readable if batching else self._on_readable_plain
             self._loop.add_reader(self._sock.fileno(), reader)
-
-    def undivert(self) -> None:
-        """Back on the hot paths."""
-        self.sendto = self._sock.sendto
-        if self._reading and self.allocation is not None:
-            self._loop.remove_reader(self._sock.fileno())
-            self._loop.add_reader(self._sock.fileno(), self._hot_reader(self.allocation))
-
-    def to_client_slow(self, alloc: Allocation, peer: Addr, data: bytes) -> None:
-        """A datagram from a permitted peer without a channel: a Data indication."""
-        self._to_client_slow(alloc, peer, data)
+            self._reading = True
 
     def channel_bound(self, allocation: Allocation, channel: Channel) -> None:
         offload = self._pool.offload
@@ -131,6 +108,18 @@ class RelaySocket:
         offload = self._pool.offload
         if offload is not None:
             offload.unbind(channel)
+
+    def set_dont_fragment(self) -> bool:
+        """DONT-FRAGMENT (RFC 8656 7.2, 14): never fragment this relay's datagrams; IPv4 ones
+        carry DF. Socket setup only: the send path is unchanged (too big is EMSGSIZE, a drop)."""
+        try:
+            if self._sock.family == socket.AF_INET6:
+                self._sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DONTFRAG, 1)
+            else:
+                self._sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        except OSError:
+            return False
+        return True
 
     def close(self) -> None:
         if self._reading:

@@ -26,14 +26,13 @@ from stunner_dp.turn.ratelimit import Limits
 from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Addr
 
-from .bandwidth import BandwidthSwitch
 from .certs import tls_context
 from .counters import ListenerCounters
 from .fds import FD_RESERVE
 from .listener import Listener
 from .offload import OffloadSwitch
 from .relay import RelayPool
-from .sockets import SocketProvider
+from .sockets import SocketProvider, listen_host
 from .tcp import StreamListener
 from .udp import UdpListener, bind_udp
 
@@ -89,7 +88,6 @@ class Server:
         self.started_at = time.time()
         self.idle = asyncio.Event()  # set whenever no allocation is left (for drain)
         self.offload = OffloadSwitch()  # the kernel fast path (admin.offload_engine)
-        self.bandwidth = BandwidthSwitch()  # per-user caps (admin.user_bandwidth)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -116,7 +114,6 @@ class Server:
             )
         check_fd_limit(self.config)
         self.offload.configure(self.config, self.relays, self._turn)
-        self.bandwidth.configure(self.config, self._turn, self.relays, self.offload)
         self._timer = asyncio.create_task(self._tick_forever())
         return self
 
@@ -124,7 +121,6 @@ class Server:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.bandwidth.off()
         if self._turn is not None:
             self._turn.close()
             self.process_events()
@@ -169,7 +165,7 @@ class Server:
 
     async def _start_listener(self, listener: ListenerConfig) -> None:
         assert self._turn is not None and self._loop is not None
-        host = self._bind_host or ("::" if ":" in listener.address else "0.0.0.0")
+        host = listen_host(listener, self._bind_host)
         assert self.relays is not None
         # Counters outlive a listener restart (a scrape must never see a counter go down).
         counters = self.relays.counters.setdefault(listener.name, ListenerCounters())
@@ -177,15 +173,29 @@ class Server:
             adopted = self._socket_provider(listener) if self._socket_provider else None
             if listener.transport == "udp":
                 sock = adopted or bind_udp(host, listener.port, reuse_port=self._reuse_port)
-                self.listeners[listener.name] = UdpListener(
-                    self._loop,
-                    listener.name,
-                    sock,
-                    self._turn,
-                    self.process_events,
-                    time.time,
-                    counters,
-                )
+                if listener.nat_discovery is not None:  # RFC 5780: three more sockets
+                    from .discovery import NatDiscoveryListener
+
+                    self.listeners[listener.name] = NatDiscoveryListener(
+                        self._loop,
+                        listener,
+                        sock,
+                        self._turn,
+                        self.process_events,
+                        time.time,
+                        counters,
+                        reuse_port=self._reuse_port,
+                    )
+                else:
+                    self.listeners[listener.name] = UdpListener(
+                        self._loop,
+                        listener.name,
+                        sock,
+                        self._turn,
+                        self.process_events,
+                        time.time,
+                        counters,
+                    )
             elif listener.transport in ("tcp", "tls"):
                 stream = StreamListener(
                     listener.name,
@@ -272,7 +282,6 @@ class Server:
         self._turn.update_config(config, PeerAccess.from_config(config, self._dns_answers))
         if self.relays is not None:  # offload on/off: allocations stay
             self.offload.configure(config, self.relays, self._turn)
-            self.bandwidth.configure(config, self._turn, self.relays, self.offload)
         for name in [n for n in self.failed_listeners if config.listener(n) is None]:
             del self.failed_listeners[name]
         # Every configured listener that is not running starts: the new and restarted ones, and
@@ -393,7 +402,6 @@ class Server:
                 internal_errors=turn.internal_errors,
             ),
             offload=self.offload.stats(),
-            bandwidth=self.bandwidth.stats(),
         )
 
     def process_events(self) -> None:

@@ -18,7 +18,11 @@ TCP_BACKLOG = 100  # asyncio's default; the worker's create_server sets its own 
 
 
 def listen_host(listener: ListenerConfig, bind_host: str | None) -> str:
-    """Where `listener` binds: `bind_host`, else the wildcard of its address family."""
+    """Where `listener` binds: `bind_host`, else the wildcard of its address family. A NAT
+    discovery listener binds its address: RFC 5780 answers must leave from the addresses that
+    RESPONSE-ORIGIN and OTHER-ADDRESS name."""
+    if listener.nat_discovery is not None:
+        return listener.address
     return bind_host or ("::" if ":" in listener.address else "0.0.0.0")
 
 

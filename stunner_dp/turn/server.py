@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from stunner_dp import stun
 from stunner_dp.config import ListenerConfig, StunnerConfig
 from stunner_dp.stun import ErrorCode, Message, StunError, data_indication
+from stunner_dp.turn import discovery
 from stunner_dp.turn import events as ev
 from stunner_dp.turn.access import OwnAddresses, PeerAccess, PortSet
 from stunner_dp.turn.allocation import Allocation, Traffic
@@ -35,7 +36,16 @@ from stunner_dp.turn.ratelimit import (
     UnauthLimiter,
     Verdict,
 )
-from stunner_dp.turn.types import Addr, Context, Output, RelayFactory, RelayHandle, Transport
+from stunner_dp.turn.types import (
+    Addr,
+    Context,
+    DiscoveryLinks,
+    Output,
+    RelayFactory,
+    RelayHandle,
+    Sink,
+    Transport,
+)
 
 DEFAULT_LIFETIME = 600
 MAX_LIFETIME = 3600
@@ -78,6 +88,7 @@ class AllocateRequest:
     quota_user: str
     lifetime: int
     extra: tuple[tuple[int, bytes], ...]  # attributes for the answer (ADDRESS-ERROR-CODE)
+    dont_fragment: bool = False  # DONT-FRAGMENT: the relay sends with DF set
 
 
 @functools.lru_cache(maxsize=256)
@@ -173,6 +184,8 @@ class TurnServer:
         self._listeners = {listener.name: listener for listener in config.listeners}
         self._own = OwnAddresses()
         self._own_config: StunnerConfig | None = None  # the config `_own` was built from
+        # RFC 5780: listener name -> its four sockets, registered by the shell
+        self.discovery: dict[str, DiscoveryLinks] = {}
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -238,7 +251,15 @@ class TurnServer:
             if limited and not signed and not self.unauth_limiter.allow(ctx.client[0], now):
                 self.rate_limited += 1
                 return []
-            response, authenticated = self._request(ctx, msg, now)
+            sink: Sink = ctx.link
+            links = self.discovery.get(ctx.listener)
+            if links is not None and (
+                msg.method == stun.METHOD_BINDING or ctx.link is not links[0].sink
+            ):
+                sink, response = self._discovery_request(ctx, msg, links)
+                authenticated = False
+            else:
+                response, authenticated = self._request(ctx, msg, now)
             if (
                 limited
                 and signed
@@ -247,7 +268,7 @@ class TurnServer:
             ):
                 self.rate_limited += 1
                 return []
-            return [(ctx.link, ctx.client, response)]
+            return [(sink, ctx.client, response)]
         if msg.cls == stun.CLASS_INDICATION and msg.method == stun.METHOD_SEND:
             return self._send_indication(ctx, msg)
         return []  # responses, and indications a server never acts on
@@ -474,6 +495,44 @@ class TurnServer:
         alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
         return alloc is not None and alloc.username == username and _signed_with(msg, alloc.key)
 
+    def set_discovery_links(self, listener: str, links: DiscoveryLinks | None) -> None:
+        """RFC 5780 for `listener`: its four sockets (None: NAT discovery off)."""
+        if links is None:
+            self.discovery.pop(listener, None)
+        else:
+            self.discovery[listener] = links
+
+    def _discovery_request(
+        self, ctx: Context, msg: Message, links: DiscoveryLinks
+    ) -> tuple[Sink, bytes]:
+        """A request to a NAT-discovery listener (RFC 5780): Binding is answered with
+        RESPONSE-ORIGIN and OTHER-ADDRESS from the socket CHANGE-REQUEST picks; the three
+        alternate sockets answer Binding only. Errors leave from the socket asked."""
+        arrived = discovery.arrival(links, ctx.link)
+        if arrived is None or msg.method != stun.METHOD_BINDING:
+            reason = "Only Binding on the NAT-discovery addresses"
+            return ctx.link, self._error(ctx, msg, ErrorCode.BAD_REQUEST, reason)
+        unknown = msg.unknown_required(discovery.KNOWN_ATTRIBUTES)
+        if unknown:
+            attrs = [(stun.ATTR_UNKNOWN_ATTRIBUTES, stun.encode_unknown_attributes(unknown))]
+            return ctx.link, self._error(ctx, msg, ErrorCode.UNKNOWN_ATTRIBUTE, attrs=attrs)
+        try:
+            answer = discovery.binding_answer(links, arrived, ctx.client, msg)
+        except StunError as exc:
+            return ctx.link, self._error(ctx, msg, ErrorCode.BAD_REQUEST, f"Bad Request: {exc}")
+        return answer.sink, self._response(msg, stun.CLASS_SUCCESS, answer.attrs)
+
+    def _dont_fragment(self, ctx: Context, relay: RelayHandle, new_token: bytes | None) -> None:
+        """DONT-FRAGMENT asked: set DF on the relay, or refuse as RFC 8656 7.2 says (the
+        attribute treated as unknown: 420), freeing the ports just opened."""
+        if relay.set_dont_fragment():
+            return
+        relay.close()
+        if new_token is not None:
+            self.reservations.pop((ctx.listener, new_token))[0].close()
+        unknown = stun.encode_unknown_attributes([stun.ATTR_DONT_FRAGMENT])
+        raise Reject(ErrorCode.UNKNOWN_ATTRIBUTE, attrs=[(stun.ATTR_UNKNOWN_ATTRIBUTES, unknown)])
+
     def _refuse_turn(self, ctx: Context, msg: Message, now: float) -> bytes:
         """auth.type none: no TURN at all, so no relay is ever opened. Answered as stunnerd
         (pion/turn without an auth handler) does: an unsigned request earns the usual 401
@@ -524,6 +583,8 @@ class TurnServer:
         request = self._check_allocate(ctx, msg, auth)
         try:
             relay, new_token = self._open_relay(ctx, request, now)
+            if request.dont_fragment:
+                self._dont_fragment(ctx, relay, new_token)
         except BaseException:
             self.limits.release(request.quota_user)
             raise
@@ -586,6 +647,7 @@ class TurnServer:
             quota_user=quser,
             lifetime=lifetime,
             extra=tuple(extra),
+            dont_fragment=msg.get(stun.ATTR_DONT_FRAGMENT) is not None,
         )
 
     def _open_relay(

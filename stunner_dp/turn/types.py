@@ -66,6 +66,11 @@ class RelayHandle(Sink, Protocol):
         relays it outside this process stops here and folds its counts into `channel`."""
         ...
 
+    def set_dont_fragment(self) -> bool:
+        """DONT-FRAGMENT (RFC 8656 7.2): send this relay's datagrams with the DF bit (IPv4),
+        unfragmented (IPv6). False when the socket cannot: the Allocate then gets 420."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -87,6 +92,20 @@ class Context:
     client: Addr
     link: Sink  # how to answer this client (the UDP listener socket or the TCP connection)
 
+
+@dataclass(slots=True, frozen=True)
+class DiscoveryLink:
+    """RFC 5780: one of a NAT-discovery listener's four sockets, and the transport address its
+    answers leave from (RESPONSE-ORIGIN)."""
+
+    address: Addr
+    sink: Sink
+
+
+DiscoveryLinks = tuple[DiscoveryLink, DiscoveryLink, DiscoveryLink, DiscoveryLink]
+"""A NAT-discovery listener's sockets, indexed by (other IP) << 1 | (other port): the listener's
+own, its address on the alternate port, the alternate address on its port, and both changed.
+The shell registers them (`TurnServer.set_discovery_links`); Binding answers pick one."""
 
 Output = tuple[Sink, Addr, bytes]
 """One thing to send: through this sink, to this address, these bytes."""

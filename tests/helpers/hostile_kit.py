@@ -69,6 +69,7 @@ class FakeRelay:
     sent: list[tuple[bytes, Addr]] = field(default_factory=list)
     allocation: Allocation | None = None
     closed: bool = False
+    dont_fragment: bool = False
 
     def sendto(self, data: bytes, addr: Addr) -> None:
         self.sent.append((bytes(data), addr))
@@ -78,6 +79,10 @@ class FakeRelay:
 
     def channel_bound(self, allocation: Allocation, channel: object) -> None:
         pass
+
+    def set_dont_fragment(self) -> bool:
+        self.dont_fragment = True
+        return True
 
     def channel_unbound(self, channel: object) -> None:
         pass

@@ -116,6 +116,7 @@ class FakeRelay:
         self.sendto = lambda data, addr: self.sent.append((data, addr))
         self.offload_calls: list[tuple[str, int, Addr]] = []  # ("bound"/"unbound", number, peer)
         self.offloaded: dict[tuple[int, Addr], Channel] = {}
+        self.dont_fragment = False  # DONT-FRAGMENT set on it
 
     def channel_bound(self, allocation: Allocation, channel: Channel) -> None:
         key = (channel.number, channel.peer)
@@ -123,6 +124,10 @@ class FakeRelay:
         assert allocation.relay is self
         self.offloaded[key] = channel
         self.offload_calls.append(("bound", *key))
+
+    def set_dont_fragment(self) -> bool:
+        self.dont_fragment = True
+        return True
 
     def channel_unbound(self, channel: Channel) -> None:
         key = (channel.number, channel.peer)
