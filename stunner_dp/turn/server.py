@@ -445,7 +445,7 @@ class TurnServer:
             self.auth_locked += 1  # too many failures for this user: 401, key not checked
             return self._challenge(ctx, msg, ErrorCode.UNAUTHORIZED, now)
         found = self.credentials.lookup(username, now, algorithm)
-        reason = found.reason if username else "unknown USERHASH"
+        reason = "unknown USERHASH" if raw_user is None and not username else found.reason
         # One MAC per accepted secret whatever the username: an unknown user is checked against
         # decoy keys, so it costs (and times) what a wrong password does.
         signed_by = [k for k in found.check_keys if _signed_with(msg, k)]
