@@ -45,6 +45,10 @@ class AdminConfig:
     max_connections: int = 0
     max_connections_per_ip: int = 256
     connection_idle_timeout: int = 5  # seconds silent without an allocation; 0: never closed
+    # relayed payload bytes/s per quota user in each direction (0: no cap), a token bucket of
+    # user_bandwidth_burst bytes (0: one second's worth)
+    user_bandwidth: int = 0
+    user_bandwidth_burst: int = 0
     # STUNner's kernel offload: "None", "TC", "XDP" or "Auto" as STUNner spells them, and the
     # interfaces (empty: all), sorted. Kept for the offload engine to read.
     offload_engine: str = "None"
@@ -65,6 +69,8 @@ class AdminConfig:
             "max_connections": self.max_connections,
             "max_connections_per_ip": self.max_connections_per_ip,
             "connection_idle_timeout": self.connection_idle_timeout,
+            "user_bandwidth": self.user_bandwidth,
+            "user_bandwidth_burst": self.user_bandwidth_burst,
             "offload_engine": self.offload_engine,
             "offload_interfaces": list(self.offload_interfaces),
         }

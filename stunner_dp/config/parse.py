@@ -52,6 +52,8 @@ REST_HMACS = ("sha1", "sha256")
 _MAX_PREVIOUS_SECRETS = 8
 _COUNT_MAX = 2**31 - 1
 _IDLE_MAX = 3600  # admin.connection_idle_timeout, seconds
+_BANDWIDTH_MIN = 1000  # admin.user_bandwidth, bytes/s, when set
+_BURST_MIN = 1500  # admin.user_bandwidth_burst, bytes, when set: one packet fits
 # v1alpha1 relay range defaults, kept for converted files so they behave as they used to
 _V1ALPHA1_RELAY = (32768, 65535)
 
@@ -155,6 +157,7 @@ def _admin(m: Mapping[str, Any]) -> AdminConfig:
             "auth_failures_per_user", d.auth_failures_per_user, "the failed-login limit per user"
         ),
         **_connection_limits(m, d),
+        **_user_bandwidth(m, d),
         offload_engine=offload_engine,
         offload_interfaces=offload_interfaces,
     )
@@ -186,6 +189,40 @@ def _connection_limits(m: Mapping[str, Any], d: AdminConfig) -> dict[str, int]:
             idle_rule,
         ),
     }
+
+
+def _user_bandwidth(m: Mapping[str, Any], d: AdminConfig) -> dict[str, int]:
+    """admin.user_bandwidth and user_bandwidth_burst (extensions), bytes/s and bytes."""
+    rate = get_int(
+        m,
+        "user_bandwidth",
+        "admin",
+        d.user_bandwidth,
+        0,
+        _COUNT_MAX,
+        "relayed bytes per second per user in each direction: 0 (no cap) or at least "
+        f"{_BANDWIDTH_MIN} (e.g. 250000 for 2 Mbit/s)",
+    )
+    if 0 < rate < _BANDWIDTH_MIN:
+        rule = f"0 (no cap) or at least {_BANDWIDTH_MIN} bytes per second (no media fits below)"
+        raise ConfigError("admin.user_bandwidth", rate, rule)
+    burst = get_int(
+        m,
+        "user_bandwidth_burst",
+        "admin",
+        d.user_bandwidth_burst,
+        0,
+        _COUNT_MAX,
+        f"bytes a user may send at once: 0 (one second of user_bandwidth) or at least "
+        f"{_BURST_MIN} (one packet)",
+    )
+    if 0 < burst < _BURST_MIN:
+        rule = f"0 (one second of user_bandwidth) or at least {_BURST_MIN} bytes (one packet)"
+        raise ConfigError("admin.user_bandwidth_burst", burst, rule)
+    if burst and not rate:
+        rule = "a burst does nothing without admin.user_bandwidth: set that, or remove this"
+        raise ConfigError("admin.user_bandwidth_burst", burst, rule)
+    return {"user_bandwidth": rate, "user_bandwidth_burst": burst}
 
 
 def _offload(m: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:

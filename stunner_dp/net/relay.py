@@ -90,14 +90,42 @@ class RelaySocket:
     def attach(self, allocation: Allocation | None) -> None:
         self.allocation = allocation
         if allocation is not None and not self._reading:
-            batching = (
-                allocation.link.sendmsg is not None
-                and self._pool.gso
-                and self._sock.family == socket.AF_INET
-            )
-            reader = self._on_readable if batching else self._on_readable_plain
-            self._loop.add_reader(self._sock.fileno(), reader)
+            self._loop.add_reader(self._sock.fileno(), self._hot_reader(allocation))
             self._reading = True
+
+    def _hot_reader(self, allocation: Allocation) -> Callable[[], None]:
+        batching = (
+            allocation.link.sendmsg is not None
+            and self._pool.gso
+            and self._sock.family == socket.AF_INET
+        )
+        return self._on_readable if batching else self._on_readable_plain
+
+    @property
+    def sock(self) -> socket.socket:
+        return self._sock
+
+    def divert(
+        self, send: Callable[[bytes | memoryview, Addr], object], reader: Callable[[], None]
+    ) -> None:
+        """Take this relay off the hot paths (a user over its bandwidth cap, net/bandwidth.py):
+        `send` in place of the socket's sendto towards peers, `reader` in place of the
+        hot-path reader of what peers send."""
+        self.sendto = send
+        if self._reading:
+            self._loop.remove_reader(self._sock.fileno())
+            self._loop.add_reader(self._sock.fileno(), reader)
+
+    def undivert(self) -> None:
+        """Back on the hot paths."""
+        self.sendto = self._sock.sendto
+        if self._reading and self.allocation is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._loop.add_reader(self._sock.fileno(), self._hot_reader(self.allocation))
+
+    def to_client_slow(self, alloc: Allocation, peer: Addr, data: bytes) -> None:
+        """A datagram from a permitted peer without a channel: a Data indication."""
+        self._to_client_slow(alloc, peer, data)
 
     def channel_bound(self, allocation: Allocation, channel: Channel) -> None:
         offload = self._pool.offload

@@ -26,6 +26,7 @@ from stunner_dp.turn.ratelimit import Limits
 from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Addr
 
+from .bandwidth import BandwidthSwitch
 from .certs import tls_context
 from .counters import ListenerCounters
 from .fds import FD_RESERVE
@@ -88,6 +89,7 @@ class Server:
         self.started_at = time.time()
         self.idle = asyncio.Event()  # set whenever no allocation is left (for drain)
         self.offload = OffloadSwitch()  # the kernel fast path (admin.offload_engine)
+        self.bandwidth = BandwidthSwitch()  # per-user caps (admin.user_bandwidth)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -114,6 +116,7 @@ class Server:
             )
         check_fd_limit(self.config)
         self.offload.configure(self.config, self.relays, self._turn)
+        self.bandwidth.configure(self.config, self._turn, self.relays, self.offload)
         self._timer = asyncio.create_task(self._tick_forever())
         return self
 
@@ -121,6 +124,7 @@ class Server:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.bandwidth.off()
         if self._turn is not None:
             self._turn.close()
             self.process_events()
@@ -282,6 +286,7 @@ class Server:
         self._turn.update_config(config, PeerAccess.from_config(config, self._dns_answers))
         if self.relays is not None:  # offload on/off: allocations stay
             self.offload.configure(config, self.relays, self._turn)
+            self.bandwidth.configure(config, self._turn, self.relays, self.offload)
         for name in [n for n in self.failed_listeners if config.listener(n) is None]:
             del self.failed_listeners[name]
         # Every configured listener that is not running starts: the new and restarted ones, and
@@ -402,6 +407,7 @@ class Server:
                 internal_errors=turn.internal_errors,
             ),
             offload=self.offload.stats(),
+            bandwidth=self.bandwidth.stats(),
         )
 
     def process_events(self) -> None:

@@ -88,6 +88,8 @@ def log_event(event: ev.Event) -> None:
                 lifetime=lifetime,
             )
         case ev.AllocationDeleted(allocation=a, reason=reason):
+            # The billing record of an allocation: one line per allocation, whatever the
+            # number of users (no label cardinality); payload bytes, the kernel's included.
             op, ob, ip_, ib = a.totals()
             log.info(
                 "allocation deleted",
@@ -95,12 +97,15 @@ def log_event(event: ev.Event) -> None:
                 transport=a.transport,
                 client=f"{a.client[0]}:{a.client[1]}",
                 user=a.username,
+                quota_user=a.quota_user,  # an ephemeral username without its timestamp
                 relay=f"{a.relay_addr[0]}:{a.relay_addr[1]}",
                 reason=reason,
                 packets_to_peers=op,
                 bytes_to_peers=ob,
                 packets_to_client=ip_,
                 bytes_to_client=ib,
+                # logged as the event is handled, right after the deletion
+                duration=round(max(0.0, time.time() - a.created), 3),
             )
         case ev.PermissionDenied(listener=listener, client=client, peer=peer, clusters=clusters):
             log.info(

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
 
 __all__ = [
+    "BandwidthStats",
     "ClusterStats",
     "Figure",
     "Figures",
@@ -443,8 +444,37 @@ class OffloadStats(Figures):
     passed: Mapping[str, OffloadPassStats] = rows(OffloadPassStats, "reason")
 
 
+_B_PACKETS = (
+    "stunner_user_bandwidth_dropped_packets",
+    "Relayed datagrams dropped because their user was over admin.user_bandwidth "
+    "(tx: to peers, rx: from peers); the allocations live on",
+)
+_B_BYTES = (
+    "stunner_user_bandwidth_dropped_bytes",
+    "Relayed UDP payload bytes dropped because their user was over admin.user_bandwidth "
+    "(tx: to peers, rx: from peers)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BandwidthStats(Figures):
+    """Per-user bandwidth caps (admin.user_bandwidth): who is held to the cap, what it cut."""
+
+    capped_users: int = gauge(
+        "stunner_user_bandwidth_capped_users",
+        "Users over admin.user_bandwidth, whose media takes the per-packet token bucket",
+    )
+    tx_packets: int = counter(*_B_PACKETS, direction="tx")
+    tx_bytes: int = counter(*_B_BYTES, direction="tx")
+    rx_packets: int = counter(*_B_PACKETS, direction="rx")
+    rx_bytes: int = counter(*_B_BYTES, direction="rx")
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerStats(Figures):
+    """One live worker process of a supervisor."""
+
+
     """One live worker process of a supervisor."""
 
     pid: int = label("stunner_worker_info", "A live worker process")
@@ -472,4 +502,5 @@ class StatsSnapshot(Figures):
     # part() and local() are dataclasses.field() with metadata: no shared default
     server: ServerStats = part(ServerStats)  # noqa: RUF009
     offload: OffloadStats = part(OffloadStats)  # noqa: RUF009
+    bandwidth: BandwidthStats = part(BandwidthStats)  # noqa: RUF009
     workers: WorkersStats | None = local(WorkersStats)  # noqa: RUF009

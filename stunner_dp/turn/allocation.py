@@ -73,7 +73,10 @@ class Allocation:
     permissions: dict[str, Permission] = field(default_factory=dict)
     bindings: dict[int, Channel] = field(default_factory=dict)  # all bound channels, live or not
     held: dict[int, tuple[Addr, float]] = field(default_factory=dict)  # expired: (peer, until)
-    soonest: float = math.inf  # when the first permission or channel expires (kept by _sync)
+    # when the first permission or channel expires, or earlier: an install lowers it to the new
+    # expiry, a renewal leaves it (the timer's `expire` then sets it exactly), so an install
+    # costs O(1), not a pass over every permission (a CreatePermission with n peers: O(n))
+    soonest: float = math.inf
     # expired entries' counts, by (cluster, framed), so churn does not grow a list
     retired: dict[tuple[str, bool], Traffic] = field(default_factory=dict)
     # the live channels the relay handle was told of (channel_bound, not yet channel_unbound)
@@ -92,7 +95,10 @@ class Allocation:
             perm = self.permissions[ip]
         perm.ports = ports
         perm.expires = now + PERMISSION_LIFETIME
-        self._sync_channels()
+        self.soonest = min(self.soonest, perm.expires)
+        # only the channels to this IP can go live or (new ports) stop
+        if self.bindings and any(c.peer[0] == ip for c in self.bindings.values()):
+            self._sync_channels()
 
     def bind_channel(self, number: int, peer: Addr, cluster: str, now: float) -> None:
         chan = self.bindings.get(number)
@@ -100,6 +106,7 @@ class Allocation:
             chan = Channel(cluster=cluster, number=number, peer=peer)
             self.bindings[number] = chan
         chan.expires = now + CHANNEL_LIFETIME
+        self.soonest = min(self.soonest, chan.expires)
         self._sync_channels()
 
     def channel_of_peer(self, peer: Addr) -> Channel | None:
@@ -120,6 +127,7 @@ class Allocation:
         for num in [n for n, (_, until) in self.held.items() if until <= now]:
             del self.held[num]
         self._sync_channels()
+        self._recount_soonest()
 
     def hold_conflict(self, number: int, peer: Addr, now: float) -> bool:
         """Would binding `number` to `peer` re-pair a channel number or a peer within five
@@ -141,6 +149,7 @@ class Allocation:
         for num in [n for n, c in self.bindings.items() if not self._peer_allowed(c.peer)]:
             self._retire(self.bindings.pop(num))
         self._sync_channels()
+        self._recount_soonest()
         return dropped
 
     def _peer_allowed(self, peer: Addr) -> bool:
@@ -160,9 +169,8 @@ class Allocation:
             self.relay.channel_unbound(chan)
 
     def _sync_channels(self) -> None:
-        """Rebuild the hot-path channel views from the bindings that hold a permission, tell
-        the relay handle what changed, and note the next permission or channel expiry (so the
-        timer need not look inside)."""
+        """Rebuild the hot-path channel views from the bindings that hold a permission, and
+        tell the relay handle what changed. O(channels)."""
         live = [c for c in self.bindings.values() if self._peer_allowed(c.peer)]
         self.channels = {c.number: c for c in live}
         self.peer_channels = {c.peer: c for c in live}
@@ -172,6 +180,10 @@ class Allocation:
             if number not in self.announced:
                 self.announced[number] = chan
                 self.relay.channel_bound(self, chan)
+
+    def _recount_soonest(self) -> None:
+        """Note the next permission, channel or hold expiry exactly (so the timer need not look
+        inside). O(permissions + channels): after expiry and revocation only."""
         self.soonest = min(
             min((p.expires for p in self.permissions.values()), default=math.inf),
             min((c.expires for c in self.bindings.values()), default=math.inf),
