@@ -33,7 +33,8 @@ from .fds import FD_RESERVE
 from .listener import Listener
 from .offload import OffloadSwitch
 from .relay import RelayPool
-from .sockets import SocketProvider, listen_host
+from .sockets import SocketProvider
+from .stepwise import run_stepwise
 from .tcp import StreamListener
 from .udp import UdpListener, bind_udp
 
@@ -169,7 +170,7 @@ class Server:
 
     async def _start_listener(self, listener: ListenerConfig) -> None:
         assert self._turn is not None and self._loop is not None
-        host = listen_host(listener, self._bind_host)
+        host = self._bind_host or ("::" if ":" in listener.address else "0.0.0.0")
         assert self.relays is not None
         # Counters outlive a listener restart (a scrape must never see a counter go down).
         counters = self.relays.counters.setdefault(listener.name, ListenerCounters())
@@ -177,29 +178,15 @@ class Server:
             adopted = self._socket_provider(listener) if self._socket_provider else None
             if listener.transport == "udp":
                 sock = adopted or bind_udp(host, listener.port, reuse_port=self._reuse_port)
-                if listener.nat_discovery is not None:  # RFC 5780: three more sockets
-                    from .discovery import NatDiscoveryListener
-
-                    self.listeners[listener.name] = NatDiscoveryListener(
-                        self._loop,
-                        listener,
-                        sock,
-                        self._turn,
-                        self.process_events,
-                        time.time,
-                        counters,
-                        reuse_port=self._reuse_port,
-                    )
-                else:
-                    self.listeners[listener.name] = UdpListener(
-                        self._loop,
-                        listener.name,
-                        sock,
-                        self._turn,
-                        self.process_events,
-                        time.time,
-                        counters,
-                    )
+                self.listeners[listener.name] = UdpListener(
+                    self._loop,
+                    listener.name,
+                    sock,
+                    self._turn,
+                    self.process_events,
+                    time.time,
+                    counters,
+                )
             elif listener.transport in ("tcp", "tls"):
                 stream = StreamListener(
                     listener.name,
@@ -278,12 +265,13 @@ class Server:
         assert self._turn is not None
         if dns_answers is not None:
             self._dns_answers = dict(dns_answers)  # a copy: the resolver updates its own
+        access = await self._peer_access(config)  # in steps: the old config serves meanwhile
         old = self.config
         diff = diff_configs(old, config)
         for name in (*diff.listeners_to_stop, *diff.listeners_to_restart):
             self._stop_listener(name)
         self.config = config
-        self._turn.update_config(config, PeerAccess.from_config(config, self._dns_answers))
+        self._turn.update_config(config, access)
         if self.relays is not None:  # offload on/off: allocations stay
             self.offload.configure(config, self.relays, self._turn)
             self.bandwidth.configure(config, self._turn, self.relays, self.offload)
@@ -297,6 +285,19 @@ class Server:
         self._warn_demo_credentials()
         self.process_events()
 
+    async def _peer_access(self, config: StunnerConfig) -> PeerAccess:
+        """The peer rules of `config`, built a few ms at a time (100,000 endpoints take seconds
+        of Python), reusing the running rules' unchanged clusters; rebuilt if DNS answers came
+        in meanwhile (a bounded number of times, then at once)."""
+        assert self._turn is not None
+        for _ in range(3):
+            answers = self._dns_answers
+            steps = PeerAccess.build_steps(config, answers, previous=self._turn.access)
+            access = await run_stepwise(steps)
+            if answers is self._dns_answers:
+                return access
+        return PeerAccess.from_config(config, self._dns_answers, previous=self._turn.access)
+
     def set_dns_answers(self, dns_answers: DnsAnswers) -> None:
         """New STRICT_DNS answers: the peer rules of the running config are rebuilt with them
         and every permission is held against them (those no longer allowed are revoked)."""
@@ -304,7 +305,7 @@ class Server:
         turn = self._turn
         if turn is None:  # `start` builds the rules with them
             return
-        turn.access = PeerAccess.from_config(self.config, self._dns_answers)
+        turn.access = PeerAccess.from_config(self.config, self._dns_answers, previous=turn.access)
         turn.revalidate()
         self.process_events()
 
