@@ -33,7 +33,7 @@ from .fds import FD_RESERVE
 from .listener import Listener
 from .offload import OffloadSwitch
 from .relay import RelayPool
-from .sockets import SocketProvider
+from .sockets import SocketProvider, listen_host
 from .stepwise import run_stepwise
 from .tcp import StreamListener
 from .udp import UdpListener, bind_udp
@@ -170,7 +170,7 @@ class Server:
 
     async def _start_listener(self, listener: ListenerConfig) -> None:
         assert self._turn is not None and self._loop is not None
-        host = self._bind_host or ("::" if ":" in listener.address else "0.0.0.0")
+        host = listen_host(listener, self._bind_host)
         assert self.relays is not None
         # Counters outlive a listener restart (a scrape must never see a counter go down).
         counters = self.relays.counters.setdefault(listener.name, ListenerCounters())
@@ -178,15 +178,29 @@ class Server:
             adopted = self._socket_provider(listener) if self._socket_provider else None
             if listener.transport == "udp":
                 sock = adopted or bind_udp(host, listener.port, reuse_port=self._reuse_port)
-                self.listeners[listener.name] = UdpListener(
-                    self._loop,
-                    listener.name,
-                    sock,
-                    self._turn,
-                    self.process_events,
-                    time.time,
-                    counters,
-                )
+                if listener.nat_discovery is not None:  # RFC 5780: three more sockets
+                    from .discovery import NatDiscoveryListener
+
+                    self.listeners[listener.name] = NatDiscoveryListener(
+                        self._loop,
+                        listener,
+                        sock,
+                        self._turn,
+                        self.process_events,
+                        time.time,
+                        counters,
+                        reuse_port=self._reuse_port,
+                    )
+                else:
+                    self.listeners[listener.name] = UdpListener(
+                        self._loop,
+                        listener.name,
+                        sock,
+                        self._turn,
+                        self.process_events,
+                        time.time,
+                        counters,
+                    )
             elif listener.transport in ("tcp", "tls"):
                 stream = StreamListener(
                     listener.name,
