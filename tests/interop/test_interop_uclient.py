@@ -108,6 +108,7 @@ def assert_clean_log(server: Stunnerd) -> None:
 STATIC_RUNS = {
     "udp-channels": (["-c", "-n", "20"], 20),
     "udp-send-indications": (["-c", "-s", "-n", "20"], 20),
+    "udp-dont-fragment": (["-c", "-g", "-n", "20"], 20),  # DONT-FRAGMENT: DF on the relay
     "tcp": (["-c", "-t", "-n", "20"], 20),
     "udp-rtp-rtcp-pair": (["-n", "20"], 40),  # EVEN-PORT + RESERVATION-TOKEN
     "tcp-rtp-rtcp-pair": (["-t", "-n", "20"], 40),
