@@ -119,6 +119,11 @@ class OffloadController:
     def entries(self) -> int:
         return len(self._entries)
 
+    def handle(self, channel: Channel) -> ChannelHandle | None:
+        """The engine's handle of `channel`'s entry, None when it is not offloaded."""
+        entry = self._entries.get(channel)
+        return None if entry is None else entry.handle
+
     # -- install / remove ----------------------------------------------------------------------
 
     def bind(self, relay_sock: socket.socket, alloc: Allocation, channel: Channel) -> None:
