@@ -1,4 +1,4 @@
-"""Fields of STUNner's v1 schema that stunner-dp accepts but does not act on (yet).
+"""Fields of STUNner's v1 schema that stunner-dp accepts but does not act on.
 
 stunnerd accepts them, so a config that sets them must load here too; silently dropping them
 would hide that they do nothing. Each one found in a config becomes a warning that says so
@@ -12,13 +12,7 @@ from typing import Any
 
 from .model import StunnerConfig
 
-__all__ = ["NOT_READ_YET", "inert_notes"]
-
-# Config fields whose reader does not exist yet. The kernel offload (stunner_dp/offload) is
-# being wired to the config: whoever makes it read a field removes it here, and the warning goes.
-NOT_READ_YET: frozenset[str] = frozenset()  # the kernel offload reads both admin fields
-
-_OFFLOAD_PATH = "media takes the user-space path"
+__all__ = ["inert_notes"]
 
 
 def inert_notes(raw: Mapping[str, Any], config: StunnerConfig) -> tuple[str, ...]:
@@ -30,12 +24,6 @@ def inert_notes(raw: Mapping[str, Any], config: StunnerConfig) -> tuple[str, ...
             "admin.license_config has no effect here: stunner-dp has no licensed tiers "
             "(every feature is on without a key)"
         )
-    engine = config.admin.offload_engine
-    if engine != "None" and "admin.offload_engine" in NOT_READ_YET:
-        notes.append(f"admin.offload_engine {engine} has no effect yet: {_OFFLOAD_PATH}")
-    if config.admin.offload_interfaces and "admin.offload_interfaces" in NOT_READ_YET:
-        names = ",".join(config.admin.offload_interfaces)
-        notes.append(f"admin.offload_interfaces [{names}] has no effect yet: {_OFFLOAD_PATH}")
     for i, cluster in enumerate(config.clusters):
         if cluster.protocol == "TCP":
             notes.append(
