@@ -30,6 +30,7 @@ from .bandwidth import BandwidthSwitch
 from .certs import tls_context
 from .counters import ListenerCounters
 from .fds import FD_RESERVE
+from .host_addresses import host_addresses
 from .listener import Listener
 from .offload import OffloadSwitch
 from .relay import RelayPool
@@ -106,6 +107,7 @@ class Server:
             limits=self._limits,
         )
         self._turn.draining = self._draining
+        self._turn.set_host_addresses(host_addresses())  # ours too: no config names them
         if self._dns_answers:
             self._turn.access = PeerAccess.from_config(self.config, self._dns_answers)
         self._warn_demo_credentials()
@@ -286,6 +288,7 @@ class Server:
             self._stop_listener(name)
         self.config = config
         self._turn.update_config(config, access)
+        self._turn.set_host_addresses(host_addresses())  # interfaces come and go
         if self.relays is not None:  # offload on/off: allocations stay
             self.offload.configure(config, self.relays, self._turn)
             self.bandwidth.configure(config, self._turn, self.relays, self.offload)

@@ -11,7 +11,7 @@ import functools
 import ipaddress
 import secrets
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from stunner_dp import stun
@@ -184,6 +184,7 @@ class TurnServer:
         self._listeners = {listener.name: listener for listener in config.listeners}
         self._own = OwnAddresses()
         self._own_config: StunnerConfig | None = None  # the config `_own` was built from
+        self._host_ips: tuple[str, ...] = ()  # the host's addresses (`set_host_addresses`)
         # RFC 5780: listener name -> its four sockets, registered by the shell
         self.discovery: dict[str, DiscoveryLinks] = {}
 
@@ -758,9 +759,19 @@ class TurnServer:
             relays = [a.relay_addr for a in self.all_allocations()]
             relays += [handle.address for handle, _ in self.reservations.values()]
             ips, ports = [ip for ip, _ in relays], [port for _, port in relays]
+            ips += self._host_ips
             self._own = OwnAddresses.from_config(self.config, ips, ports)
             self._own_config = self.config
         return self._own
+
+    def set_host_addresses(self, ips: Iterable[str]) -> None:
+        """The host's interface addresses (a second NIC, a docker bridge, the pod IP), which
+        no config names: ours too, so no permission reaches our ports there. The shell reads
+        them at start and on each reload; permissions to a new one lose our ports."""
+        self._host_ips = tuple(ips)
+        own = self._own_addresses()
+        if [ip for ip in self._host_ips if own.add_ip(ip)]:
+            self.revalidate()
 
     def _own_relay(self, address: Addr) -> None:
         """A relay opened on `address`: its IP is ours (a wildcard listener's relays advertise
