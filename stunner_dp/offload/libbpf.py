@@ -66,9 +66,24 @@ class OffloadError(Exception):
         self.errno = err
 
 
+def _seccomp_filtered() -> bool:
+    """Does a seccomp filter confine this process (a container runtime's default profile may
+    refuse bpf() unless CAP_SYS_ADMIN is held, whatever CAP_BPF says)?"""
+    try:
+        with open("/proc/self/status") as fh:
+            return any(ln.split()[1:] == ["2"] for ln in fh if ln.startswith("Seccomp:"))
+    except OSError:
+        return False
+
+
 def _errno_reason(what: str, err: int) -> str:
     if err in (errno.EPERM, errno.EACCES):
-        return f"{what}: not permitted (needs CAP_BPF and CAP_NET_ADMIN, or root)"
+        hint = (
+            "; or this process's seccomp filter refuses bpf(): allow it in the runtime's profile"
+            if _seccomp_filtered()
+            else ""
+        )
+        return f"{what}: not permitted (needs CAP_BPF and CAP_NET_ADMIN, or root){hint}"
     if err == errno.ENOENT:
         return f"{what}: not found (ENOENT)"
     return f"{what}: {os.strerror(err)} (errno {err})"

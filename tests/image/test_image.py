@@ -183,16 +183,20 @@ reason = offload_unavailable_reason()
 attached = None
 if reason is None:
     from stunner_dp.offload import OffloadEngine
-    with OffloadEngine.load(["lo"]) as engine:
-        attached = [a.mode for a in engine.attachments]
+    try:
+        with OffloadEngine.load(["lo"]) as engine:
+            attached = [a.mode for a in engine.attachments]
+    except libbpf.OffloadError as e:
+        reason = e.reason
 print(json.dumps({"libbpf": lib, "reason": reason, "attached": attached}))
 """
 FAST_PATH_CAPS = ("CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON")
 
 
-def offload_probe(built: Built, *run_args: str) -> dict[str, Any]:
-    """OFFLOAD_PROBE run inside a fresh container of the image, with `run_args` for buildah run."""
-    ctr = buildah("from", "--quiet", built.image).strip()
+def offload_probe(built: Built, *run_args: str, from_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """OFFLOAD_PROBE run inside a fresh container of the image (`from_args` for buildah from,
+    `run_args` for buildah run)."""
+    ctr = buildah("from", "--quiet", *from_args, built.image).strip()
     try:
         out = buildah(
             "run", "--isolation", "chroot", "--network", "host", *run_args, ctr, "--",
@@ -214,18 +218,35 @@ def test_image_carries_libbpf_for_the_kernel_fast_path(built: Built) -> None:
     assert reason.startswith("not permitted") and "libbpf" not in reason, probe
 
 
-def test_image_loads_the_kernel_fast_path_with_its_capabilities(built: Built) -> None:
-    """Given the three capabilities deploy/ grants (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, added
-    to buildah's default set, which has no CAP_SYS_ADMIN; as uid 0, whose bounding set keeps
-    them across the exec), the program loads and attaches on lo inside the image, and is
-    detached when the probe closes its engine (a tcx link also dies with the process)."""
+def fast_path_caps() -> list[str]:
     from stunner_dp.offload import offload_unavailable_reason
 
     if (host := offload_unavailable_reason()) is not None:
         pytest.skip(f"this host cannot load the kernel fast path at all: {host}")
-    caps = [arg for cap in FAST_PATH_CAPS for arg in ("--cap-add", cap)]
-    probe = offload_probe(built, "--user", "0:0", *caps)
+    # added to buildah's default set (which has no CAP_SYS_ADMIN); uid 0, whose bounding set
+    # keeps them across the exec
+    return ["--user", "0:0", *(arg for cap in FAST_PATH_CAPS for arg in ("--cap-add", cap))]
+
+
+def test_image_loads_the_kernel_fast_path_with_its_capabilities(built: Built) -> None:
+    """Given the three capabilities deploy/ grants (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON) and a
+    seccomp policy that lets bpf() through, the program loads and attaches on lo inside the
+    image; it is detached when the probe closes its engine (a tcx link dies with its process
+    too). Seccomp is the runtime's policy, not the image's: see the next test."""
+    unconfined = ("--security-opt", "seccomp=unconfined")
+    probe = offload_probe(built, *fast_path_caps(), from_args=unconfined)
     assert probe["reason"] is None and probe["attached"] == ["tcx"], probe
+
+
+def test_a_seccomp_profile_that_refuses_bpf_is_named(built: Built) -> None:
+    """buildah's default seccomp profile (containers-common's, as CRI-O's RuntimeDefault) allows
+    bpf() only with CAP_SYS_ADMIN: with the three capabilities and that profile the load is
+    refused, and the reason says a seccomp filter may be why (the capabilities are there)."""
+    probe = offload_probe(built, *fast_path_caps())
+    if probe["reason"] is None:
+        pytest.skip("this buildah's default seccomp profile lets bpf() through with CAP_BPF")
+    assert probe["libbpf"] == "loaded", probe
+    assert "seccomp" in probe["reason"], probe
 
 
 # --- the image running ----------------------------------------------------------------------
