@@ -228,7 +228,8 @@ def test_a_longer_realm_grows_the_challenge_by_its_length_only() -> None:
     turn = new_server(realm=realm)
     data = build(stun.METHOD_ALLOCATE)
     (answer,) = turn.handle_stun(ctx(STRANGER), data, NOW)
-    assert len(answer[2]) == 20 + 20 + (4 + 100) + (4 + 24)
+    # ERROR-CODE, REALM, NONCE (35 bytes, padded), PASSWORD-ALGORITHMS (SHA-256, MD5)
+    assert len(answer[2]) == 20 + 20 + (4 + 100) + (4 + 36) + (4 + 8)
     assert not stun.parse_message(answer[2]).has(stun.ATTR_SOFTWARE)
 
 
