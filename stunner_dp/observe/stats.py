@@ -474,9 +474,6 @@ class BandwidthStats(Figures):
 class WorkerStats(Figures):
     """One live worker process of a supervisor."""
 
-
-    """One live worker process of a supervisor."""
-
     pid: int = label("stunner_worker_info", "A live worker process")
     allocations: int = gauge(
         "stunner_worker_allocations_active", "Live TURN allocations of one worker"
