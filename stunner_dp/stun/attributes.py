@@ -8,6 +8,7 @@ for bad arguments (a caller bug, not hostile input).
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import struct
 from collections.abc import Sequence
@@ -400,8 +401,13 @@ def nonce_features(nonce: str) -> int | None:
     (an RFC 5389 nonce). Never raises."""
     if not nonce.startswith(NONCE_COOKIE) or len(nonce) < len(NONCE_COOKIE) + 4:
         return None
+    return _cookie_features(nonce[len(NONCE_COOKIE) : len(NONCE_COOKIE) + 4])
+
+
+@functools.lru_cache(maxsize=64)  # a server issues one or two cookies: decode each once
+def _cookie_features(chars: str) -> int | None:
     try:
-        raw = base64.b64decode(nonce[len(NONCE_COOKIE) : len(NONCE_COOKIE) + 4], validate=True)
+        raw = base64.b64decode(chars, validate=True)
     except ValueError:
         return None
     return int.from_bytes(raw, "big")

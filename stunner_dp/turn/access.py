@@ -31,7 +31,6 @@ from stunner_dp.config.endpoints import (
     ip_value,
     net_of_key,
     parse_endpoint,
-    parse_ip,
 )
 from stunner_dp.config.model import ClusterConfig, StunnerConfig
 
@@ -530,7 +529,10 @@ class PeerAccess:
 
 # Addresses that reach this host whatever its interfaces: loopback, and the unspecified
 # addresses (a datagram sent to 0.0.0.0 or :: is delivered locally on Linux).
-_LOCAL_NETWORKS = tuple(ip_network(n) for n in ("127.0.0.0/8", "0.0.0.0/8", "::1/128", "::/128"))
+# As (version, value) keys (`ip_value`): IPv4 by its top octet, IPv6 by its whole value.
+_LOCAL_V4_OCTETS = frozenset((127, 0))
+_LOCAL_V6 = frozenset((0, 1))
+_WITHOUT_OWN_KEPT = 256  # a bound on OwnAddresses' cache of port sets less our own
 
 
 class OwnAddresses:
@@ -546,11 +548,15 @@ class OwnAddresses:
     the relay addresses the server has handed out (`add_ip`, e.g. the pod IP of a wildcard
     listener). Pure: the state machine feeds it."""
 
-    __slots__ = ("_ips", "ports")
+    __slots__ = ("_ips", "_without_own", "ports")
 
     def __init__(self, ips: Iterable[str] = (), ports: PortSet | None = None) -> None:
-        self._ips: set[str] = set()
+        # (version, value) keys: inet_pton per request, not an ipaddress object (ip_value)
+        self._ips: set[tuple[int, int]] = set()
         self.ports = ports or PortSet()
+        # allowed -> allowed less our ports: the rules hold few distinct port sets, and each
+        # permission to a local peer would build the same one again
+        self._without_own: dict[PortSet, PortSet] = {}
         for ip in ips:
             self.add_ip(ip)
 
@@ -571,20 +577,20 @@ class OwnAddresses:
 
     def add_ip(self, ip: str) -> bool:
         """Count `ip` as one of ours; True when it is new."""
-        addr = parse_ip(ip)
-        if addr is None:
+        key = ip_value(ip)
+        if key is None or key in self._ips:
             return False
-        text = str(addr)
-        if text in self._ips:
-            return False
-        self._ips.add(text)
+        self._ips.add(key)
         return True
 
     def is_local(self, ip: str) -> bool:
-        addr = parse_ip(ip)
-        if addr is None:
+        key = ip_value(ip)
+        if key is None:
             return False
-        return str(addr) in self._ips or any(addr in net for net in _LOCAL_NETWORKS)
+        if key in self._ips:
+            return True
+        version, value = key
+        return value >> 24 in _LOCAL_V4_OCTETS if version == 4 else value in _LOCAL_V6
 
     def owns(self, ip: str, port: int) -> bool:
         """Is (ip, port) one of this server's transport addresses?"""
@@ -593,5 +599,10 @@ class OwnAddresses:
     def peer_ports(self, ip: str, allowed: PortSet) -> PortSet:
         """The ports of `ip` that a permission may reach: `allowed` less our own if it is ours."""
         if self.ports and self.is_local(ip):
-            return allowed.without(self.ports)
+            left = self._without_own.get(allowed)
+            if left is None:
+                if len(self._without_own) >= _WITHOUT_OWN_KEPT:
+                    self._without_own.clear()
+                left = self._without_own[allowed] = allowed.without(self.ports)
+            return left
         return allowed

@@ -120,12 +120,16 @@ class Credentials:
             if auth.type == "static"
             else {}
         )
+        # the static user's answers, made once: KeyLookup is immutable
+        self._static_user = auth.username.encode() if auth.type == "static" else b""
+        self._static_found = {alg: KeyLookup((k,), (k,)) for alg, k in self._static_keys.items()}
         # USERHASH can name only a user we can list: the static one (RFC 8489 9.2.4)
         self._static_userhash = (
             userhash(auth.username, auth.realm) if auth.type == "static" else b""
         )
         # random per process: the MAC computed for an unknown user, never one that matches
         self._decoy_key = secrets.token_bytes(16)
+        self._unknown_static = KeyLookup((), (self._decoy_key,), "unknown username")
 
     @property
     def supports_userhash(self) -> bool:
@@ -143,10 +147,9 @@ class Credentials:
     ) -> KeyLookup:
         if self.type == "static":
             # compare_digest: as long for every wrong name, however much of it matches
-            if not hmac.compare_digest(username.encode(), self._auth.username.encode()):
-                return KeyLookup((), (self._decoy_key,), "unknown username")
-            key = self._static_keys[algorithm]
-            return KeyLookup((key,), (key,))
+            if not hmac.compare_digest(username.encode(), self._static_user):
+                return self._unknown_static
+            return self._static_found[algorithm]
         # the keys first, whatever the username says: every ephemeral failure costs the same
         digest = self._auth.rest_hmac
         keys = tuple(
@@ -200,7 +203,15 @@ class Nonces:
         stamp = struct.pack("!I", int(now) & 0xFFFFFFFF)
         cookie = stun.encode_nonce_cookie(features)
         token = base64.urlsafe_b64encode(stamp + self._mac(stamp, cookie, binding))
-        return cookie + token.decode().rstrip("=")
+        nonce = cookie + token.decode().rstrip("=")
+        # genuine by construction: the request that comes back with it skips the MAC
+        self._remember(nonce, binding, struct.unpack("!I", stamp)[0])
+        return nonce
+
+    def _remember(self, nonce: str, binding: bytes, issued: int) -> None:
+        if len(self._genuine) >= _GENUINE_NONCES_KEPT:
+            self._genuine.clear()
+        self._genuine[(nonce, binding)] = issued
 
     def check(self, nonce: str, now: float, binding: bytes) -> NonceState:
         """OK, STALE (ours, for this client, but too old) or INVALID (not ours, or issued to
@@ -220,8 +231,6 @@ class Nonces:
             ):
                 return NonceState.INVALID
             issued = struct.unpack("!I", stamp)[0]
-            if len(self._genuine) >= _GENUINE_NONCES_KEPT:
-                self._genuine.clear()
-            self._genuine[(nonce, binding)] = issued
+            self._remember(nonce, binding, issued)
         age = (int(now) - issued) & 0xFFFFFFFF
         return NonceState.OK if age <= NONCE_LIFETIME else NonceState.STALE
