@@ -389,6 +389,7 @@ def decode_password_algorithms(value: bytes) -> list[PasswordAlgorithm]:
     return entries
 
 
+@functools.lru_cache(maxsize=16)  # one per feature set a server offers: every challenge's
 def encode_nonce_cookie(features: int) -> str:
     """The nonce cookie and its security feature bits (RFC 8489 9.2): 13 characters."""
     if not 0 <= features <= 0xFFFFFF:

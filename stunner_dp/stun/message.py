@@ -83,6 +83,11 @@ class Message:
     def unknown_required(self, known: frozenset[int]) -> list[int]:
         """The comprehension-required types (below 0x8000) not in `known`, each once, in the
         order they first appear: what a 420's UNKNOWN-ATTRIBUTES lists (RFC 8489 14.13)."""
+        for t, _ in self.attributes:  # the common case, every type known: no list built
+            if t < COMPREHENSION_OPTIONAL and t not in known:
+                break
+        else:
+            return []
         required = (t for t, _ in self.attributes if t < COMPREHENSION_OPTIONAL)
         return list(dict.fromkeys(t for t in required if t not in known))
 
