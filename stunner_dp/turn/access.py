@@ -551,7 +551,7 @@ class OwnAddresses:
     __slots__ = ("_ips", "_without_own", "ports")
 
     def __init__(self, ips: Iterable[str] = (), ports: PortSet | None = None) -> None:
-        # (version, value) keys: inet_pton per request, not an ipaddress object (ip_value)
+        # (version, value) keys: integers per request (ip_value), not an ipaddress object
         self._ips: set[tuple[int, int]] = set()
         self.ports = ports or PortSet()
         # allowed -> allowed less our ports: the rules hold few distinct port sets, and each
