@@ -128,6 +128,10 @@ class ListenerConfig:
     # extension: the relay address put in XOR-RELAYED-ADDRESS instead of `address` (a node's
     # public IP in front of its private one); relays still bind `address` when it is local
     public_relay_address: str = ""
+    # extension (RFC 6156 / RFC 8656 dual stack): the relay address of the other IP family (the
+    # IPv6 one of an IPv4 `address`, or the reverse); with it, or with `address: "::"`, the
+    # listener relays both families and its UDP socket serves both on one port
+    additional_address: str = ""
     min_relay_port: int = 30000
     max_relay_port: int = 32767
     cert: str = ""  # base64 PEM, TLS/DTLS only
@@ -159,6 +163,8 @@ class ListenerConfig:
         }
         if self.public_relay_address:
             out["public_relay_address"] = self.public_relay_address
+        if self.additional_address:
+            out["additional_address"] = self.additional_address
         if self.proxy_protocol:
             out["proxy_protocol"] = True
             out["proxy_protocol_trusted"] = list(self.proxy_protocol_trusted)

@@ -317,6 +317,26 @@ def _public_relay_address(m: Mapping[str, Any], path: str, address: str) -> str:
     return str(ip)
 
 
+def _additional_address(m: Mapping[str, Any], path: str, address: str) -> str:
+    """listeners[].additional_address (extension): the relay address of the other IP family."""
+    given = get_str(m, "additional_address", path).strip()
+    if not given:
+        return ""
+    other = 6 if ip_address(address).version == 4 else 4
+    rule = (
+        f"an IPv{other} address, as `address` is IPv{10 - other}: the relay address of the "
+        f"other family (e.g. the pod's IPv{other}, or {'::' if other == 6 else '0.0.0.0'} "
+        "for the host's own)"
+    )
+    try:
+        ip = ip_address(given)
+    except ValueError:
+        raise ConfigError(join(path, "additional_address"), given, rule) from None
+    if ip.version != other:
+        raise ConfigError(join(path, "additional_address"), given, rule)
+    return str(ip)
+
+
 def _proxy_protocol(
     m: Mapping[str, Any], path: str, transport: str
 ) -> tuple[bool, tuple[str, ...]]:
@@ -425,6 +445,7 @@ def _listener(m: Mapping[str, Any], path: str) -> ListenerConfig:
         public_address=get_str(m, "public_address", path).strip(),
         public_port=get_int(m, "public_port", path, 0, 0, 65535, "a port is 0-65535 (0: unset)"),
         public_relay_address=_public_relay_address(m, path, address),
+        additional_address=_additional_address(m, path, address),
         min_relay_port=min_relay,
         max_relay_port=max_relay,
         cert=get_str(m, "cert", path).strip(),

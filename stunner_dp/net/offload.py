@@ -304,7 +304,7 @@ class OffloadSwitch:
         self.controller = relays.offload = controller
         for alloc in turn.all_allocations():
             for channel in list(alloc.announced.values()):
-                alloc.relay.channel_bound(alloc, channel)
+                channel.relay.channel_bound(alloc, channel)
         modes = sorted({a.mode for a in controller.engine.attachments})
         log.info(
             "kernel offload on",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from stunner_dp.config import ListenerConfig
 from stunner_dp.observe.logs import get_logger
-from stunner_dp.stun import FAMILY_IPV6, data_indication
+from stunner_dp.stun import FAMILY_IPV4, FAMILY_IPV6, data_indication
 from stunner_dp.turn.allocation import Allocation, Channel
 from stunner_dp.turn.types import Addr
 
@@ -54,6 +54,17 @@ def primary_address(family: int) -> str:
             return str(probe.getsockname()[0])
     except OSError:
         return "::1" if family == FAMILY_IPV6 else "127.0.0.1"
+
+
+def family_address(listener: ListenerConfig, family: int) -> str:
+    """The listener's relay address of `family`: `address`, `additional_address` (the other
+    family's), or that family's wildcard (a dual-stack `address: "::"`: the host's own)."""
+    address = listener.address or "0.0.0.0"
+    if (":" in address) == (family == FAMILY_IPV6):
+        return address
+    if listener.additional_address:
+        return listener.additional_address
+    return "::" if family == FAMILY_IPV6 else "0.0.0.0"
 
 
 class RelaySocket:
@@ -308,11 +319,12 @@ class RelayPool:
         self.offload: OffloadController | None = None
 
     def advertised_ip(self, listener: ListenerConfig, family: int) -> str:
-        if listener.public_relay_address:
+        address = family_address(listener, family)
+        if listener.public_relay_address and address == listener.address:
             return listener.public_relay_address  # validated: the listener's family
-        key = (listener.address, family)
+        key = (address, family)
         if key not in self._advertised:
-            ip = ipaddress.ip_address(listener.address or "0.0.0.0")
+            ip = ipaddress.ip_address(address)
             self._advertised[key] = primary_address(family) if ip.is_unspecified else str(ip)
         return self._advertised[key]
 
@@ -320,9 +332,10 @@ class RelayPool:
         """Bind to the listener's address when it is one of ours; a wildcard otherwise (an
         address that only a NAT in front of us owns, as with a node's public IP)."""
         wildcard = "::" if af == socket.AF_INET6 else "0.0.0.0"
-        key = (listener.address, af)
+        address = family_address(listener, FAMILY_IPV6 if af == socket.AF_INET6 else FAMILY_IPV4)
+        key = (address, af)
         if key not in self._bind_ips:
-            ip = listener.address or wildcard
+            ip = address
             try:
                 with socket.socket(af, socket.SOCK_DGRAM) as probe:
                     probe.bind((ip, 0))

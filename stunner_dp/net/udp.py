@@ -95,7 +95,7 @@ class UdpListener:
                     size = (buf[2] << 8) | buf[3]
                     if chan is not None and size <= nbytes - 4:
                         try:
-                            alloc.relay.sendto(view[4 : 4 + size], chan.peer)
+                            chan.relay.sendto(view[4 : 4 + size], chan.peer)
                         except OSError:
                             self.counters.dropped += 1  # send buffer full or peer unreachable
                             continue

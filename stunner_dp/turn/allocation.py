@@ -52,6 +52,8 @@ class Channel(Traffic):
     number: int = 0
     peer: Addr = ("", 0)
     expires: float = 0.0
+    # the allocation's relay of the peer's family: what the client's ChannelData leaves from
+    relay: RelayHandle = field(kw_only=True)
 
 
 @dataclass(slots=True, eq=False)
@@ -68,6 +70,8 @@ class Allocation:
     success_response: bytes = b""
     key: bytes = b""  # the long-term key, needed to sign responses to later requests
     created: float = 0.0
+    # a dual allocation's second relay (ADDITIONAL-ADDRESS-FAMILY, RFC 8656): the IPv6 one
+    other_relay: RelayHandle | None = None
     channels: dict[int, Channel] = field(default_factory=dict)
     peer_channels: dict[Addr, Channel] = field(default_factory=dict)
     permissions: dict[str, Permission] = field(default_factory=dict)
@@ -86,6 +90,33 @@ class Allocation:
     def relay_addr(self) -> Addr:
         return self.relay.address
 
+    @property
+    def relays(self) -> tuple[RelayHandle, ...]:
+        """The primary relay, and a dual allocation's other one."""
+        return (self.relay,) if self.other_relay is None else (self.relay, self.other_relay)
+
+    def relay_for(self, ip: str) -> RelayHandle | None:
+        """The relay of `ip`'s family (peers of each family leave from their own); None when
+        the allocation has none of that family (RFC 8656: 443)."""
+        for relay in self.relays:
+            if (":" in relay.address[0]) == (":" in ip):
+                return relay
+        return None
+
+    def drop_relay(self, relay: RelayHandle) -> None:
+        """A dual allocation gives up one family (a Refresh of it with LIFETIME 0): its
+        permissions and channels go with it; the caller closes the relay."""
+        if self.other_relay is None:
+            return
+        keep = self.other_relay if relay is self.relay else self.relay
+        for ip in [ip for ip in self.permissions if self.relay_for(ip) is relay]:
+            self._retire(self.permissions.pop(ip))
+        for num in [n for n, c in self.bindings.items() if c.relay is relay]:
+            self._retire(self.bindings.pop(num))
+        self.relay, self.other_relay = keep, None
+        self._sync_channels()
+        self._recount_soonest()
+
     # -- permissions and channels (slow path) -------------------------------------------------
 
     def install_permission(self, ip: str, ports: PortSet, cluster: str, now: float) -> None:
@@ -103,7 +134,8 @@ class Allocation:
     def bind_channel(self, number: int, peer: Addr, cluster: str, now: float) -> None:
         chan = self.bindings.get(number)
         if chan is None:
-            chan = Channel(cluster=cluster, number=number, peer=peer)
+            relay = self.relay_for(peer[0]) or self.relay  # the server checked the family
+            chan = Channel(cluster=cluster, number=number, peer=peer, relay=relay)
             self.bindings[number] = chan
         chan.expires = now + CHANNEL_LIFETIME
         self.soonest = min(self.soonest, chan.expires)
@@ -166,7 +198,7 @@ class Allocation:
     def _unannounce(self, chan: Channel) -> None:
         if self.announced.get(chan.number) is chan:
             del self.announced[chan.number]
-            self.relay.channel_unbound(chan)
+            chan.relay.channel_unbound(chan)
 
     def _sync_channels(self) -> None:
         """Rebuild the hot-path channel views from the bindings that hold a permission, and
@@ -179,7 +211,7 @@ class Allocation:
         for number, chan in self.channels.items():
             if number not in self.announced:
                 self.announced[number] = chan
-                self.relay.channel_bound(self, chan)
+                chan.relay.channel_bound(self, chan)
 
     def _recount_soonest(self) -> None:
         """Note the next permission, channel or hold expiry exactly (so the timer need not look

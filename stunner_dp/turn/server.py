@@ -7,6 +7,7 @@ Media takes the shell's hot path instead (see `allocation.py`); `handle_channel_
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import secrets
@@ -81,7 +82,7 @@ class AllocateRequest:
     """An Allocate that passed its checks: what opening its relay and answering it take."""
 
     listener: ListenerConfig
-    family: int  # of the relay address: the listener's
+    family: int  # of the relay address: REQUESTED-ADDRESS-FAMILY's, else IPv4 when offered
     token: bytes | None  # RESERVATION-TOKEN: take the port reserved under it
     even: bool  # EVEN-PORT: an even port
     reserve: bool  # EVEN-PORT's R bit: and reserve the next one
@@ -89,6 +90,7 @@ class AllocateRequest:
     lifetime: int
     extra: tuple[tuple[int, bytes], ...]  # attributes for the answer (ADDRESS-ERROR-CODE)
     dont_fragment: bool = False  # DONT-FRAGMENT: the relay sends with DF set
+    additional: bool = False  # ADDITIONAL-ADDRESS-FAMILY: an IPv6 relay too (dual allocation)
 
 
 @functools.lru_cache(maxsize=256)
@@ -98,6 +100,15 @@ def listener_family(listener: ListenerConfig) -> int:
     except ValueError:
         version = 4
     return stun.FAMILY_IPV6 if version == 6 else stun.FAMILY_IPV4
+
+
+@functools.lru_cache(maxsize=256)
+def relay_families(listener: ListenerConfig) -> frozenset[int]:
+    """The relay families a listener offers: its address's, and the other one as well with
+    `additional_address` or a dual-stack `address: "::"` (RFC 6156, RFC 8656 dual stack)."""
+    if listener.additional_address or listener.address == "::":
+        return frozenset((stun.FAMILY_IPV4, stun.FAMILY_IPV6))
+    return frozenset((listener_family(listener),))
 
 
 def address_family(ip: str) -> int:
@@ -288,7 +299,7 @@ class TurnServer:
             return []
         chan.out_packets += 1
         chan.out_bytes += len(payload)
-        return [(alloc.relay, chan.peer, payload)]
+        return [(chan.relay, chan.peer, payload)]
 
     def handle_peer_data(self, alloc: Allocation, peer: Addr, data: bytes) -> list[Output]:
         chan = alloc.peer_channels.get(peer)
@@ -338,8 +349,9 @@ class TurnServer:
             del self.user_allocations[alloc.quota_user]
         self.limits.release(alloc.quota_user)
         alloc.release()  # channels stop relaying (in the kernel too) before the counts are summed
-        alloc.relay.attach(None)
-        alloc.relay.close()
+        for relay in alloc.relays:
+            relay.attach(None)
+            relay.close()
         for t in alloc.traffic():
             key = (alloc.listener, t.cluster, t.framed)
             total = self.retired.setdefault(key, Traffic(t.cluster, t.framed))
@@ -378,7 +390,8 @@ class TurnServer:
             attrs = [(stun.ATTR_UNKNOWN_ATTRIBUTES, stun.encode_unknown_attributes(unknown))]
             return self._error(ctx, msg, ErrorCode.UNKNOWN_ATTRIBUTE, attrs=attrs), False
         if msg.method == stun.METHOD_BINDING:
-            mapped = stun.encode_xor_address(ctx.client[:2], msg.transaction_id)
+            # a dual-stack socket's IPv4 client (::ffff:a.b.c.d) is told its IPv4 address
+            mapped = stun.encode_xor_address(normalize_peer(ctx.client[:2]), msg.transaction_id)
             binding = [(stun.ATTR_XOR_MAPPED_ADDRESS, mapped)]
             return self._response(msg, stun.CLASS_SUCCESS, binding), False
         handler = self._handlers.get(msg.method)
@@ -589,7 +602,26 @@ class TurnServer:
         except BaseException:
             self.limits.release(request.quota_user)
             raise
-        return self._allocated(ctx, msg, auth, request, relay, new_token, now)
+        other, refused = self._open_additional(request) if request.additional else (None, None)
+        if refused is not None:
+            request = dataclasses.replace(request, extra=(*request.extra, refused))
+        return self._allocated(ctx, msg, auth, request, relay, new_token, now, other)
+
+    def _open_additional(
+        self, request: AllocateRequest
+    ) -> tuple[RelayHandle | None, tuple[int, bytes] | None]:
+        """A dual allocation's IPv6 relay, or the ADDRESS-ERROR-CODE of its partial success
+        (RFC 8656 7.2: the IPv4 relay stands, the answer says why the IPv6 one does not)."""
+        code = ErrorCode.INSUFFICIENT_CAPACITY
+        opened = self.relays.open(request.listener, stun.FAMILY_IPV6, even=request.even)
+        if opened is not None:
+            other = opened[0]
+            if not request.dont_fragment or other.set_dont_fragment():
+                return other, None
+            other.close()
+            code = ErrorCode.SERVER_ERROR
+        refused = stun.encode_address_error_code(stun.FAMILY_IPV6, code)
+        return None, (stun.ATTR_ADDRESS_ERROR_CODE, refused)
 
     def _check_allocate(self, ctx: Context, msg: Message, auth: Authenticated) -> AllocateRequest:
         """Hold an Allocate against the protocol, the listener and the limits."""
@@ -617,18 +649,9 @@ class TurnServer:
             )
         if raw_family is not None and raw_additional is not None:
             raise Reject(ErrorCode.BAD_REQUEST, "REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together")
-        family = listener_family(listener)
-        if raw_family is not None and stun.decode_family(raw_family) != family:
-            raise Reject(ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED)
-        extra: list[tuple[int, bytes]] = []
-        if raw_additional is not None:
-            if stun.decode_family(raw_additional) != stun.FAMILY_IPV6:
-                raise Reject(ErrorCode.BAD_REQUEST, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")
-            if family != stun.FAMILY_IPV6:  # one relay family per listener: say so, go on
-                refused = stun.encode_address_error_code(
-                    stun.FAMILY_IPV6, ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED
-                )
-                extra.append((stun.ATTR_ADDRESS_ERROR_CODE, refused))
+        if token is not None and raw_additional is not None:
+            raise Reject(ErrorCode.BAD_REQUEST, "RESERVATION-TOKEN with ADDITIONAL-ADDRESS-FAMILY")
+        family, additional, extra = self._relay_family(listener, raw_family, raw_additional)
         quser = quota_user(auth.username, self.credentials.type)
         lifetime = self._lifetime(msg, initial=True)
         # counted in the ledger now (all workers share it); `_allocate` gives it back if the
@@ -649,7 +672,34 @@ class TurnServer:
             lifetime=lifetime,
             extra=tuple(extra),
             dont_fragment=msg.get(stun.ATTR_DONT_FRAGMENT) is not None,
+            additional=additional,
         )
+
+    @staticmethod
+    def _relay_family(
+        listener: ListenerConfig, raw_family: bytes | None, raw_additional: bytes | None
+    ) -> tuple[int, bool, list[tuple[int, bytes]]]:
+        """The relay family an Allocate gets (RFC 8656 7.2, RFC 6156): REQUESTED-ADDRESS-FAMILY's
+        whichever family the client came over, 440 only when the listener offers no such relay;
+        without it IPv4 (an IPv6-only listener: IPv6). With ADDITIONAL-ADDRESS-FAMILY an IPv6
+        relay too, or ADDRESS-ERROR-CODE 440 for it when the listener has none."""
+        families = relay_families(listener)
+        if raw_family is not None:
+            family = stun.decode_family(raw_family)
+            if family not in families:
+                raise Reject(ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED)
+        else:
+            family = stun.FAMILY_IPV4 if stun.FAMILY_IPV4 in families else stun.FAMILY_IPV6
+        if raw_additional is None:
+            return family, False, []
+        if stun.decode_family(raw_additional) != stun.FAMILY_IPV6:
+            raise Reject(ErrorCode.BAD_REQUEST, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")
+        if family == stun.FAMILY_IPV4 and stun.FAMILY_IPV6 in families:
+            return family, True, []
+        # one family only: the relay of the one offered, and the other refused in the answer
+        missing = stun.FAMILY_IPV6 if family == stun.FAMILY_IPV4 else stun.FAMILY_IPV4
+        refused = stun.encode_address_error_code(missing, ErrorCode.ADDRESS_FAMILY_NOT_SUPPORTED)
+        return family, False, [(stun.ATTR_ADDRESS_ERROR_CODE, refused)]
 
     def _open_relay(
         self, ctx: Context, request: AllocateRequest, now: float
@@ -684,8 +734,10 @@ class TurnServer:
         relay: RelayHandle,
         new_token: bytes | None,
         now: float,
+        other: RelayHandle | None = None,
     ) -> bytes:
-        """Make the allocation on its relay and answer, keeping the answer for retransmits."""
+        """Make the allocation on its relay (a dual one on two) and answer, keeping the answer
+        for retransmits."""
         alloc = Allocation(
             listener=ctx.listener,
             transport=ctx.transport,
@@ -698,9 +750,11 @@ class TurnServer:
             transaction_id=msg.transaction_id,
             key=auth.key,
             created=now,
+            other_relay=other,
         )
-        relay.attach(alloc)
-        self._own_relay(relay.address)
+        for each in alloc.relays:
+            each.attach(alloc)
+            self._own_relay(each.address)
         self.allocations[ctx.listener][ctx.client] = alloc
         self.user_allocations[request.quota_user] += 1
         attrs = [
@@ -710,12 +764,15 @@ class TurnServer:
             ),
             (stun.ATTR_LIFETIME, stun.encode_u32(request.lifetime)),
         ]
+        if other is not None:  # RFC 8656 7.2: the IPv6 relayed address, after the IPv4 one
+            relayed6 = stun.encode_xor_address(other.address[:2], msg.transaction_id)
+            attrs.insert(1, (stun.ATTR_XOR_RELAYED_ADDRESS, relayed6))
         if new_token is not None:
             attrs.append((stun.ATTR_RESERVATION_TOKEN, new_token))
         attrs.append(
             (
                 stun.ATTR_XOR_MAPPED_ADDRESS,
-                stun.encode_xor_address(ctx.client[:2], msg.transaction_id),
+                stun.encode_xor_address(normalize_peer(ctx.client[:2]), msg.transaction_id),
             )
         )
         attrs.extend(request.extra)
@@ -740,12 +797,21 @@ class TurnServer:
     ) -> list[tuple[int, bytes]]:
         alloc = self._allocation(ctx, auth)
         raw_family = msg.get(stun.ATTR_REQUESTED_ADDRESS_FAMILY)
-        if raw_family is not None and stun.decode_family(raw_family) != address_family(
-            alloc.relay_addr[0]
-        ):
-            raise Reject(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
+        family_relay = None
+        if raw_family is not None:
+            family = stun.decode_family(raw_family)
+            family_relay = next(
+                (r for r in alloc.relays if address_family(r.address[0]) == family), None
+            )
+            if family_relay is None:  # RFC 8656 8.2: not a family of this allocation
+                raise Reject(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
         lifetime = self._lifetime(msg, initial=False)
-        if lifetime == 0:
+        if lifetime == 0 and family_relay is not None and alloc.other_relay is not None:
+            # RFC 8656 8.2: a dual allocation deletes that family's relay; the other lives on
+            alloc.drop_relay(family_relay)
+            family_relay.attach(None)
+            family_relay.close()
+        elif lifetime == 0:
             self.delete(alloc, "refresh")
         else:
             alloc.expires = now + lifetime
@@ -756,7 +822,7 @@ class TurnServer:
         """This server's own transport addresses, rebuilt when the config changes (with the
         relays in use, whose ports a reload may have left outside the new ranges)."""
         if self._own_config is not self.config:
-            relays = [a.relay_addr for a in self.all_allocations()]
+            relays = [r.address for a in self.all_allocations() for r in a.relays]
             relays += [handle.address for handle, _ in self.reservations.values()]
             ips, ports = [ip for ip, _ in relays], [port for _, port in relays]
             ips += self._host_ips
@@ -790,7 +856,7 @@ class TurnServer:
     def _peer(self, alloc: Allocation, value: bytes, tid: bytes) -> Addr:
         """Decode a XOR-PEER-ADDRESS and hold it against the family and the peer rules."""
         peer = normalize_peer(stun.decode_xor_address(value, tid))
-        if address_family(peer[0]) != address_family(alloc.relay_addr[0]):
+        if alloc.relay_for(peer[0]) is None:  # no relay of the peer's family (RFC 8656 443)
             raise Reject(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
         return peer
 
@@ -884,11 +950,12 @@ class TurnServer:
         except StunError:
             return []
         perm = alloc.permissions.get(peer[0])
-        if perm is None or peer[1] not in perm.ports:
+        relay = alloc.relay_for(peer[0])
+        if perm is None or peer[1] not in perm.ports or relay is None:
             return []
         perm.out_packets += 1
         perm.out_bytes += len(data)
-        return [(alloc.relay, peer, data)]
+        return [(relay, peer, data)]
 
     # -- responses ----------------------------------------------------------------------------
 

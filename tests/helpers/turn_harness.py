@@ -24,6 +24,7 @@ from stunner_dp.config import (
     ListenerConfig,
     StunnerConfig,
 )
+from stunner_dp.net.relay import family_address
 from stunner_dp.stun import Message
 from stunner_dp.turn.allocation import Allocation, Channel
 from stunner_dp.turn.server import TurnServer
@@ -121,7 +122,7 @@ class FakeRelay:
     def channel_bound(self, allocation: Allocation, channel: Channel) -> None:
         key = (channel.number, channel.peer)
         assert key not in self.offloaded, f"channel {key} announced twice"
-        assert allocation.relay is self
+        assert self in allocation.relays
         self.offloaded[key] = channel
         self.offload_calls.append(("bound", *key))
 
@@ -168,6 +169,7 @@ class FakeRelayFactory:
 
     first_port: int = 31001  # odd on purpose: EVEN-PORT must skip it
     exhausted: bool = False
+    refused_families: set[int] = field(default_factory=set)  # opens of these families fail
     calls: list[OpenCall] = field(default_factory=list)
     handles: list[FakeRelay] = field(default_factory=list)
     open_ports: set[int] = field(default_factory=set)
@@ -179,14 +181,15 @@ class FakeRelayFactory:
         self, listener: ListenerConfig, family: int, *, even: bool = False, pair: bool = False
     ) -> tuple[FakeRelay, FakeRelay | None] | None:
         self.calls.append(OpenCall(listener.name, family, even, pair))
-        if self.exhausted:
+        if self.exhausted or family in self.refused_families:
             return None
         port = self._next
         if even and port % 2:
             port += 1
         self._next = port + (2 if pair else 1)
-        relay = self._handle((listener.address, port))
-        spare = self._handle((listener.address, port + 1)) if pair else None
+        ip = family_address(listener, family)
+        relay = self._handle((ip, port))
+        spare = self._handle((ip, port + 1)) if pair else None
         return relay, spare
 
     def _handle(self, address: Addr) -> FakeRelay:
