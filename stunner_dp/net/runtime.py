@@ -37,6 +37,7 @@ from .relay import RelayPool
 from .sockets import SocketProvider, listen_host
 from .stepwise import run_stepwise
 from .tcp import StreamListener
+from .tcp_relay import TcpRelayPool
 from .udp import UdpListener, bind_udp
 
 # STRICT_DNS answers: hostname -> its current IPs (stunner_dp.net.dns resolves them)
@@ -107,6 +108,10 @@ class Server:
             limits=self._limits,
         )
         self._turn.draining = self._draining
+        # RFC 6062 TCP relays for Allocates over TCP/TLS with REQUESTED-TRANSPORT TCP
+        self._turn.tcp_relays = TcpRelayPool(
+            self._loop, self._turn, self.relays, self.process_events, time.time
+        )
         self._turn.set_host_addresses(host_addresses())  # ours too: no config names them
         if self._dns_answers:
             self._turn.access = PeerAccess.from_config(self.config, self._dns_answers)

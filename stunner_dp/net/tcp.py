@@ -31,7 +31,7 @@ import ssl
 import weakref
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
-from typing import cast
+from typing import Protocol, cast
 
 from stunner_dp import stun
 from stunner_dp.config import AdminConfig
@@ -121,6 +121,19 @@ class ConnectionGate:
         self.per_ip[ip] = held + 1
         return True
 
+    def admit_total(self, admin: AdminConfig) -> bool:
+        """A TCP relay's peer connection (RFC 6062): counted in the total only, as its peer
+        is not a client (many allocations may reach one peer IP)."""
+        cap = self.total_cap(admin)
+        if cap is not None and self.total >= cap:
+            self.refused_total += 1
+            return False
+        self.total += 1
+        return True
+
+    def release_total(self) -> None:
+        self.total -= 1
+
     def release(self, ip: str) -> None:
         self.total -= 1
         held = self.per_ip.get(ip, 1) - 1
@@ -139,6 +152,18 @@ def gate_for(server: TurnServer) -> ConnectionGate:
     if gate is None:
         gate = _GATES[server] = ConnectionGate(stream_fd_budget())
     return gate
+
+
+class RawLink(Protocol):
+    """The peer connection a bound RFC 6062 data connection carries (net/tcp_relay.py)."""
+
+    def from_client(self, data: bytes) -> None: ...
+
+    def client_gone(self) -> None: ...
+
+    def client_paused(self) -> None: ...
+
+    def client_resumed(self) -> None: ...
 
 
 class StreamListener:
@@ -215,7 +240,7 @@ class StreamListener:
             now = self.now()
             table = self.server.allocations.get(self.name, {})
             for conn in list(self.connections):
-                if conn.client in table:
+                if conn.client in table or conn.raw_link is not None:
                     conn.last_active = now
                 elif now - conn.last_active >= timeout:
                     self.idle_closed += 1
@@ -239,6 +264,8 @@ class StreamConnection(asyncio.Protocol):
         self.last_active = 0.0  # listener.now() of the last STUN message (slow path only)
         self.sendto: Callable[[bytes | memoryview, Addr], object] = self._write
         self.sendmsg: Callable[..., int] | None = None  # a stream has no datagrams to batch
+        # RFC 6062: a bound data connection carries its peer connection's bytes raw, no STUN
+        self.raw_link: RawLink | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # not an isinstance check: uvloop's TCPTransport does not derive from asyncio.Transport
@@ -372,6 +399,9 @@ class StreamConnection(asyncio.Protocol):
         listener = self.listener
         listener.connections.discard(self)
         listener.gate.release(self.client[0])
+        raw_link, self.raw_link = self.raw_link, None
+        if raw_link is not None:
+            raw_link.client_gone()
         if self.ctx is not None:
             listener.server.remove_client(listener.name, self.client, "connection closed")
             listener.on_events()
@@ -395,7 +425,18 @@ class StreamConnection(asyncio.Protocol):
         if len(data) & 3:  # ChannelData over a stream is padded to 4 bytes (RFC 8656 12.5)
             stream.write(b"\0" * (4 - (len(data) & 3)))
 
+    def pause_writing(self) -> None:
+        if self.raw_link is not None:  # the client reads slowly: its peer waits
+            self.raw_link.client_paused()
+
+    def resume_writing(self) -> None:
+        if self.raw_link is not None:
+            self.raw_link.client_resumed()
+
     def data_received(self, data: bytes) -> None:
+        if self.raw_link is not None:  # a bound RFC 6062 data connection
+            self.raw_link.from_client(data)
+            return
         if self.proxy is not None:  # a PROXY header first, in the clear even before TLS
             self._proxy_data(data)
             return
@@ -412,6 +453,11 @@ class StreamConnection(asyncio.Protocol):
         listener = self.listener
         server = listener.server
         while buf:
+            if self.raw_link is not None:  # ConnectionBind just bound it: the rest is raw
+                rest = bytes(buf)
+                buf.clear()
+                self.raw_link.from_client(rest)
+                return
             try:
                 size = stun.stream_frame_length(buf)
             except stun.StunError:

@@ -174,6 +174,8 @@ class ErrorCode(IntEnum):
     WRONG_CREDENTIALS = 441, "Wrong Credentials"
     UNSUPPORTED_TRANSPORT_PROTOCOL = 442, "Unsupported Transport Protocol"
     PEER_ADDRESS_FAMILY_MISMATCH = 443, "Peer Address Family Mismatch"
+    CONNECTION_ALREADY_EXISTS = 446, "Connection Already Exists"  # RFC 6062
+    CONNECTION_TIMEOUT_OR_FAILURE = 447, "Connection Timeout or Failure"  # RFC 6062
     ALLOCATION_QUOTA_REACHED = 486, "Allocation Quota Reached"
     SERVER_ERROR = 500, "Server Error"
     INSUFFICIENT_CAPACITY = 508, "Insufficient Capacity"

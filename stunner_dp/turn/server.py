@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import math
 import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -42,9 +43,12 @@ from stunner_dp.turn.types import (
     Context,
     DiscoveryLinks,
     Output,
+    PeerStream,
     RelayFactory,
     RelayHandle,
     Sink,
+    TcpRelayFactory,
+    TcpRelayHandle,
     Transport,
 )
 
@@ -57,6 +61,9 @@ STUN_ONLY = "none"  # auth.type of STUNner's STUN server mode
 CHANNEL_MAX = 0x7FFF
 # ChannelData is padded to 4 bytes on streams
 STREAM_TRANSPORTS = frozenset({Transport.TCP, Transport.TLS})
+# RFC 6062: a Connect's peer has this long to answer; a peer connection this long to be bound
+TCP_CONNECT_TIMEOUT = 30.0
+TCP_BIND_TIMEOUT = 30.0
 
 
 class Reject(Exception):
@@ -90,7 +97,23 @@ class AllocateRequest:
     lifetime: int
     extra: tuple[tuple[int, bytes], ...]  # attributes for the answer (ADDRESS-ERROR-CODE)
     dont_fragment: bool = False  # DONT-FRAGMENT: the relay sends with DF set
+    tcp: bool = False  # REQUESTED-TRANSPORT TCP: a TCP relay (RFC 6062)
     additional: bool = False  # ADDITIONAL-ADDRESS-FAMILY: an IPv6 relay too (dual allocation)
+
+
+@dataclass(slots=True, eq=False)
+class TcpPeerConnection:
+    """One peer connection of a TCP allocation (RFC 6062), from the Connect or the accept
+    that began it until it closes."""
+
+    connection_id: int
+    allocation: Allocation
+    peer: Addr
+    deadline: float  # Connect: its answer is due; accepted or connected: ConnectionBind is due
+    stream: PeerStream | None = None
+    # a Connect still waiting for its peer: the request to answer, and the key to sign it with
+    pending: tuple[Context, Message, bytes] | None = None
+    bound: bool = False
 
 
 @functools.lru_cache(maxsize=256)
@@ -188,7 +211,14 @@ class TurnServer:
             stun.METHOD_REFRESH: self._refresh,
             stun.METHOD_CREATE_PERMISSION: self._create_permission,
             stun.METHOD_CHANNEL_BIND: self._channel_bind,
+            stun.METHOD_CONNECT: self._connect,
+            stun.METHOD_CONNECTION_BIND: self._connection_bind,
         }
+        # RFC 6062: the shell's TCP relays (None: REQUESTED-TRANSPORT TCP is 442), the TCP
+        # allocations with their peer connections by id, and every peer connection by id
+        self.tcp_relays: TcpRelayFactory | None = None
+        self.tcp_allocations: dict[Allocation, dict[int, TcpPeerConnection]] = {}
+        self.tcp_connections: dict[int, TcpPeerConnection] = {}
         self.config = config
         self.credentials = Credentials(config.auth)
         self.access = access or PeerAccess.from_config(config)
@@ -233,6 +263,8 @@ class TurnServer:
                     if ports is not None:
                         keep[ip] = ports
                 alloc.revoke(keep)
+                if alloc in self.tcp_allocations:
+                    self._revalidate_tcp(alloc)
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -280,6 +312,8 @@ class TurnServer:
             ):
                 self.rate_limited += 1
                 return []
+            if not response:  # a Connect: answered once its peer connection is up or failed
+                return []
             return [(sink, ctx.client, response)]
         if msg.cls == stun.CLASS_INDICATION and msg.method == stun.METHOD_SEND:
             return self._send_indication(ctx, msg)
@@ -319,6 +353,8 @@ class TurnServer:
 
     def expire(self, now: float) -> None:
         """Run the timers: allocations, permissions, channels and port reservations."""
+        if self.tcp_connections:
+            self._expire_tcp(now)
         for token in [t for t, (_, exp) in self.reservations.items() if exp <= now]:
             self.reservations.pop(token)[0].close()
         for table in self.allocations.values():
@@ -349,6 +385,7 @@ class TurnServer:
             del self.user_allocations[alloc.quota_user]
         self.limits.release(alloc.quota_user)
         alloc.release()  # channels stop relaying (in the kernel too) before the counts are summed
+        self._close_tcp_connections(alloc)
         for relay in alloc.relays:
             relay.attach(None)
             relay.close()
@@ -450,7 +487,7 @@ class TurnServer:
         if isinstance(algorithm, str):  # a bid-down attempt or a broken client: 400 (9.2.4)
             return self._error(ctx, msg, ErrorCode.BAD_REQUEST, algorithm)
         # bound to the client's address: one captured elsewhere and replayed here is stale
-        if self.nonces.check(nonce, now, self._nonce_binding(ctx)) is not NonceState.OK:
+        if self.nonces.check(nonce, now, self._request_binding(ctx, msg)) is not NonceState.OK:
             return self._challenge(ctx, msg, ErrorCode.STALE_NONCE, now)
         quser = quota_user(username, self.credentials.type)
         if self.auth_limiter.locked(quser, ctx.client, now) and not self._on_own_allocation(
@@ -596,7 +633,10 @@ class TurnServer:
             raise Reject(ErrorCode.ALLOCATION_MISMATCH)
         request = self._check_allocate(ctx, msg, auth)
         try:
-            relay, new_token = self._open_relay(ctx, request, now)
+            if not request.tcp:
+                relay, new_token = self._open_relay(ctx, request, now)
+            else:
+                relay, new_token = self._open_tcp_relay(request), None
             if request.dont_fragment:
                 self._dont_fragment(ctx, relay, new_token)
         except BaseException:
@@ -631,7 +671,14 @@ class TurnServer:
         raw_transport = msg.get(stun.ATTR_REQUESTED_TRANSPORT)
         if raw_transport is None:
             raise Reject(ErrorCode.BAD_REQUEST, "Missing REQUESTED-TRANSPORT")
-        if stun.decode_requested_transport(raw_transport) != stun.TRANSPORT_UDP:
+        requested = stun.decode_requested_transport(raw_transport)
+        # RFC 6062 TCP relays only for a client on TCP or TLS, and when the shell has them
+        tcp = (
+            requested == stun.TRANSPORT_TCP
+            and ctx.transport in STREAM_TRANSPORTS
+            and self.tcp_relays is not None
+        )
+        if requested != stun.TRANSPORT_UDP and not tcp:
             raise Reject(ErrorCode.UNSUPPORTED_TRANSPORT_PROTOCOL)
         if self.draining and self.alternate_server is not None:
             raise Reject(
@@ -642,6 +689,17 @@ class TurnServer:
         token = msg.get(stun.ATTR_RESERVATION_TOKEN)
         raw_family = msg.get(stun.ATTR_REQUESTED_ADDRESS_FAMILY)
         raw_additional = msg.get(stun.ATTR_ADDITIONAL_ADDRESS_FAMILY)
+        if tcp and (
+            raw_even is not None
+            or token is not None
+            or raw_additional is not None
+            or msg.get(stun.ATTR_DONT_FRAGMENT) is not None
+        ):  # RFC 6062 5.1 (and one TCP relay, of one family)
+            raise Reject(
+                ErrorCode.BAD_REQUEST,
+                "EVEN-PORT, RESERVATION-TOKEN, DONT-FRAGMENT or ADDITIONAL-ADDRESS-FAMILY "
+                "with REQUESTED-TRANSPORT TCP",
+            )
         if token is not None and (raw_even is not None or raw_family is not None):
             raise Reject(
                 ErrorCode.BAD_REQUEST,
@@ -672,6 +730,7 @@ class TurnServer:
             lifetime=lifetime,
             extra=tuple(extra),
             dont_fragment=msg.get(stun.ATTR_DONT_FRAGMENT) is not None,
+            tcp=tcp,
             additional=additional,
         )
 
@@ -756,6 +815,8 @@ class TurnServer:
             each.attach(alloc)
             self._own_relay(each.address)
         self.allocations[ctx.listener][ctx.client] = alloc
+        if request.tcp:
+            self.tcp_allocations[alloc] = {}
         self.user_allocations[request.quota_user] += 1
         attrs = [
             (
@@ -904,6 +965,8 @@ class TurnServer:
         self, ctx: Context, msg: Message, auth: Authenticated, now: float
     ) -> list[tuple[int, bytes]]:
         alloc = self._allocation(ctx, auth)
+        if alloc in self.tcp_allocations:  # RFC 6062 5.1: no channels on a TCP relay
+            raise Reject(ErrorCode.BAD_REQUEST, "ChannelBind on a TCP allocation")
         raw_number = msg.get(stun.ATTR_CHANNEL_NUMBER)
         raw_peer = msg.get(stun.ATTR_XOR_PEER_ADDRESS)
         if raw_number is None or raw_peer is None:
@@ -941,7 +1004,7 @@ class TurnServer:
     def _send_indication(self, ctx: Context, msg: Message) -> list[Output]:
         alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
         raw_peer, data = msg.get(stun.ATTR_XOR_PEER_ADDRESS), msg.get(stun.ATTR_DATA)
-        if alloc is None or raw_peer is None or data is None:
+        if alloc is None or raw_peer is None or data is None or alloc in self.tcp_allocations:
             return []
         if msg.unknown_required(stun.KNOWN_ATTRIBUTES):  # RFC 8489 14: discard it
             return []
@@ -956,6 +1019,187 @@ class TurnServer:
         perm.out_packets += 1
         perm.out_bytes += len(data)
         return [(relay, peer, data)]
+
+    # -- RFC 6062 TCP relays ------------------------------------------------------------------
+
+    def _open_tcp_relay(self, request: AllocateRequest) -> TcpRelayHandle:
+        assert self.tcp_relays is not None  # `_check_allocate` asked
+        relay = self.tcp_relays.open_tcp(request.listener, request.family)
+        if relay is None:
+            raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "No relay port free")
+        return relay
+
+    def _new_connection_id(self) -> int:
+        while True:  # 2^32 ids, few live: a clash is rare, and it never loops long
+            cid = secrets.randbits(32)
+            if cid and cid not in self.tcp_connections:
+                return cid
+
+    def _add_tcp_connection(self, conn: TcpPeerConnection) -> None:
+        self.tcp_connections[conn.connection_id] = conn
+        self.tcp_allocations[conn.allocation][conn.connection_id] = conn
+
+    def _forget_tcp_connection(self, conn: TcpPeerConnection) -> None:
+        self.tcp_connections.pop(conn.connection_id, None)
+        conns = self.tcp_allocations.get(conn.allocation)
+        if conns is not None:
+            conns.pop(conn.connection_id, None)
+
+    def _tcp_room(self, conns: dict[int, TcpPeerConnection]) -> bool:
+        """A peer connection is a TCP relay's channel: max_channels_per_allocation caps them
+        (0: unlimited); the stream listeners' connection caps bound them all together."""
+        cap = self.config.admin.max_channels_per_allocation
+        return not cap or len(conns) < cap
+
+    def _connect(self, ctx: Context, msg: Message, auth: Authenticated, now: float) -> bytes:
+        """Connect (RFC 6062 5.2): open a TCP connection to the peer. Answered later, by
+        `tcp_connected` (CONNECTION-ID) or `tcp_closed` (447); b"" here means no answer yet."""
+        alloc = self._allocation(ctx, auth)
+        conns = self.tcp_allocations.get(alloc)
+        if conns is None:
+            raise Reject(ErrorCode.BAD_REQUEST, "Connect on a UDP allocation")
+        raw_peer = msg.get(stun.ATTR_XOR_PEER_ADDRESS)
+        if raw_peer is None:
+            raise Reject(ErrorCode.BAD_REQUEST, "Missing XOR-PEER-ADDRESS")
+        peer = self._peer(alloc, raw_peer, msg.transaction_id)
+        if peer[1] == 0:
+            raise Reject(ErrorCode.BAD_REQUEST, "Peer port 0")
+        ports, _ = self._judge(ctx, peer)
+        if peer[1] not in ports:
+            raise self._deny(ctx, peer)
+        if any(conn.peer == peer for conn in conns.values()):  # connected or connecting
+            raise Reject(ErrorCode.CONNECTION_ALREADY_EXISTS)
+        if not self._tcp_room(conns):
+            raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "Connection limit reached")
+        conn = TcpPeerConnection(
+            self._new_connection_id(),
+            alloc,
+            peer,
+            deadline=now + TCP_CONNECT_TIMEOUT,
+            pending=(ctx, msg, auth.key),
+        )
+        self._add_tcp_connection(conn)
+        relay: TcpRelayHandle = alloc.relay  # type: ignore[assignment]  # a TCP allocation's
+        conn.stream = relay.connect(peer, conn.connection_id)
+        return b""
+
+    def _connection_bind(
+        self, ctx: Context, msg: Message, auth: Authenticated, now: float
+    ) -> list[tuple[int, bytes]]:
+        """ConnectionBind (RFC 6062 5.4) on a new data connection: it carries the peer
+        connection's bytes raw once this answer has left."""
+        if ctx.transport not in STREAM_TRANSPORTS:
+            raise Reject(ErrorCode.BAD_REQUEST, "ConnectionBind needs a TCP or TLS connection")
+        if ctx.client in self.allocations.get(ctx.listener, {}):
+            raise Reject(ErrorCode.BAD_REQUEST, "ConnectionBind on a control connection")
+        raw_id = msg.get(stun.ATTR_CONNECTION_ID)
+        if raw_id is None:
+            raise Reject(ErrorCode.BAD_REQUEST, "Missing CONNECTION-ID")
+        conn = self.tcp_connections.get(stun.decode_u32(raw_id))
+        if conn is None or conn.bound or conn.pending is not None or conn.stream is None:
+            raise Reject(ErrorCode.BAD_REQUEST, "Unknown CONNECTION-ID")
+        alloc = conn.allocation
+        if alloc.listener != ctx.listener or alloc.client[0] != ctx.client[0]:
+            raise Reject(ErrorCode.BAD_REQUEST, "CONNECTION-ID of another client")
+        if alloc.username != auth.username:
+            raise Reject(ErrorCode.WRONG_CREDENTIALS)
+        conn.bound = True
+        conn.deadline = math.inf
+        conn.stream.bind(ctx.link)
+        return []
+
+    def tcp_connected(self, connection_id: int, now: float) -> list[Output]:
+        """The shell: a Connect's peer connection is up. The Connect's answer, with its
+        CONNECTION-ID; ConnectionBind is due within TCP_BIND_TIMEOUT."""
+        conn = self.tcp_connections.get(connection_id)
+        if conn is None or conn.pending is None:
+            return []
+        ctx, msg, key = conn.pending
+        conn.pending = None
+        conn.deadline = now + TCP_BIND_TIMEOUT
+        attrs = [(stun.ATTR_CONNECTION_ID, stun.encode_u32(connection_id))]
+        if self.software:
+            attrs.append((stun.ATTR_SOFTWARE, self.software.encode()))
+        return [(ctx.link, ctx.client, self._response(msg, stun.CLASS_SUCCESS, attrs, key))]
+
+    def tcp_closed(self, connection_id: int) -> list[Output]:
+        """The shell: a peer connection failed or closed (either side, or its data
+        connection). A Connect still waiting for it gets its 447."""
+        conn = self.tcp_connections.get(connection_id)
+        if conn is None:
+            return []
+        self._forget_tcp_connection(conn)
+        if conn.pending is None:
+            return []
+        ctx, msg, key = conn.pending
+        code = ErrorCode.CONNECTION_TIMEOUT_OR_FAILURE
+        return [(ctx.link, ctx.client, self._error(ctx, msg, code, key=key))]
+
+    def tcp_accepted(
+        self, alloc: Allocation, peer: Addr, stream: PeerStream, now: float
+    ) -> tuple[int, list[Output]] | None:
+        """The shell: a peer connected to `alloc`'s TCP relay (RFC 6062 5.3). With a permission
+        for it, a ConnectionAttempt to the client and the connection's id; None: close it."""
+        conns = self.tcp_allocations.get(alloc)
+        if conns is None:
+            return None
+        peer = normalize_peer(peer[:2])
+        perm = alloc.permissions.get(peer[0])
+        if perm is None or peer[1] not in perm.ports or not self._tcp_room(conns):
+            return None
+        if any(conn.peer == peer for conn in conns.values()):
+            return None
+        conn = TcpPeerConnection(
+            self._new_connection_id(), alloc, peer, deadline=now + TCP_BIND_TIMEOUT, stream=stream
+        )
+        self._add_tcp_connection(conn)
+        tid = secrets.token_bytes(12)
+        attrs = [
+            (stun.ATTR_XOR_PEER_ADDRESS, stun.encode_xor_address(peer, tid)),
+            (stun.ATTR_CONNECTION_ID, stun.encode_u32(conn.connection_id)),
+        ]
+        attempt = stun.encode_message(
+            stun.METHOD_CONNECTION_ATTEMPT, stun.CLASS_INDICATION, tid, attrs
+        )
+        return conn.connection_id, [(alloc.link, alloc.client, attempt)]
+
+    def _request_binding(self, ctx: Context, msg: Message) -> bytes:
+        """What the request's nonce must be bound to: the client's address; for a
+        ConnectionBind, the control connection's (RFC 6062 clients sign it with the nonce they
+        hold, and the data connection is new: another port, the same client IP)."""
+        raw_id = msg.get(stun.ATTR_CONNECTION_ID)
+        if msg.method == stun.METHOD_CONNECTION_BIND and raw_id is not None and len(raw_id) == 4:
+            conn = self.tcp_connections.get(stun.decode_u32(raw_id))
+            if conn is not None and conn.allocation.client[0] == ctx.client[0]:
+                return nonce_binding(conn.allocation.transport, conn.allocation.client)
+        return self._nonce_binding(ctx)
+
+    def _close_tcp(self, conn: TcpPeerConnection) -> None:
+        self._forget_tcp_connection(conn)
+        if conn.stream is not None:
+            conn.stream.close()
+
+    def _close_tcp_connections(self, alloc: Allocation) -> None:
+        """The allocation ends: so do its peer and data connections (RFC 6062 5.1)."""
+        conns = self.tcp_allocations.pop(alloc, None)
+        for conn in list((conns or {}).values()):
+            self._close_tcp(conn)
+
+    def _expire_tcp(self, now: float) -> None:
+        """Peer connections nobody bound within TCP_BIND_TIMEOUT close (RFC 6062 5.3); a
+        Connect still waiting is the shell's (its connect times out into `tcp_closed`)."""
+        late = [
+            c for c in self.tcp_connections.values() if c.pending is None and c.deadline <= now
+        ]
+        for conn in late:
+            self._close_tcp(conn)
+
+    def _revalidate_tcp(self, alloc: Allocation) -> None:
+        """After a config or DNS change: close the peer connections the rules no longer allow."""
+        for conn in list(self.tcp_allocations[alloc].values()):
+            ports = self._peer_ports(alloc.listener, conn.peer[0])
+            if ports is None or conn.peer[1] not in ports or self._own_addresses().owns(*conn.peer):
+                self._close_tcp(conn)
 
     # -- responses ----------------------------------------------------------------------------
 

@@ -83,6 +83,38 @@ class RelayFactory(Protocol):
         ...
 
 
+class PeerStream(Protocol):
+    """One TCP connection between a TCP relay and a peer (RFC 6062), opened by a Connect or
+    accepted on the relay's listening socket. It reads nothing until `bind`: what the peer
+    sends first waits in the kernel for the client's data connection."""
+
+    def bind(self, data_link: Sink) -> None:
+        """ConnectionBind succeeded on the data connection `data_link`: from the next loop
+        turn, bytes flow raw both ways between it and the peer (no STUN framing)."""
+        ...
+
+    def close(self) -> None:
+        """Close the peer connection and, once bound, its data connection."""
+        ...
+
+
+class TcpRelayHandle(RelayHandle, Protocol):
+    """A TCP relay transport address (RFC 6062): a listening socket in the relay port range.
+    Its datagram side (`sendto`, channels) is inert: TCP allocations carry no channels."""
+
+    def connect(self, peer: Addr, connection_id: int) -> PeerStream:
+        """Start a TCP connection to `peer` from the relay address. The outcome comes back later
+        as `TurnServer.tcp_connected(connection_id)` or `tcp_failed(connection_id)`."""
+        ...
+
+
+class TcpRelayFactory(Protocol):
+    def open_tcp(self, listener: ListenerConfig, family: int) -> TcpRelayHandle | None:
+        """Listen on a TCP port in the listener's relay range; None when no port is free.
+        Connections accepted there reach `TurnServer.tcp_accepted`."""
+        ...
+
+
 @dataclass(slots=True, frozen=True)
 class Context:
     """Where a message came from: the listener, its transport and the client's address."""

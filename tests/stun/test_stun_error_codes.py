@@ -17,6 +17,8 @@ PHRASES = {
     441: "Wrong Credentials",
     442: "Unsupported Transport Protocol",
     443: "Peer Address Family Mismatch",
+    446: "Connection Already Exists",
+    447: "Connection Timeout or Failure",
     486: "Allocation Quota Reached",
     500: "Server Error",
     508: "Insufficient Capacity",
