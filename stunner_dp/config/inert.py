@@ -27,7 +27,8 @@ def inert_notes(raw: Mapping[str, Any], config: StunnerConfig) -> tuple[str, ...
     for i, cluster in enumerate(config.clusters):
         if cluster.protocol == "TCP":
             notes.append(
-                f"clusters[{i}].protocol TCP has no effect here: relays are UDP "
-                "(RFC 6062 TCP relays are not implemented, as in stunnerd)"
+                f"clusters[{i}].protocol TCP has no effect here: a cluster's rules hold for "
+                "UDP and TCP peers alike; a TCP relay (RFC 6062) is what a TURN-TCP/TLS client "
+                "asks for with REQUESTED-TRANSPORT TCP"
             )
     return tuple(notes)
