@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import cast
 
 from stunner_dp.config import ListenerConfig
@@ -40,6 +41,20 @@ log = get_logger("net")
 ACCEPT_BATCH = 16  # connections accepted per wake-up
 BACKLOG = 16
 CONNECT_TIMEOUT = 30.0  # RFC 6062 5.2: then 447
+# seconds an unbound peer connection waits for its ConnectionBind (RFC 6062 5.3: 30); a
+# stunner-dp extension for tests, which cannot wait 30 s per case
+BIND_TIMEOUT_ENV = "STUNNER_DP_TCP_BIND_TIMEOUT"
+
+
+def bind_timeout_from_env(default: float, environ: Mapping[str, str] | None = None) -> float:
+    """$STUNNER_DP_TCP_BIND_TIMEOUT seconds when it is a positive number, else `default`."""
+    text = (os.environ if environ is None else environ).get(BIND_TIMEOUT_ENV, "")
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        log.warning(f"{BIND_TIMEOUT_ENV} is not a number, using the default", value=text)
+        return default
+    return value if value > 0 else default
 
 
 def _drop(data: bytes | memoryview, addr: Addr) -> None:
@@ -65,6 +80,7 @@ class TcpRelayPool:
         self.held: set[tuple[int, str, int]] = set()  # (family, bind ip, port) listening here
         self.peers: set[PeerConnection] = set()  # every live peer connection (tests, stop)
         self.exhausted = 0
+        server.tcp_bind_timeout = bind_timeout_from_env(server.tcp_bind_timeout)
 
     def open_tcp(self, listener: ListenerConfig, family: int) -> TcpRelay | None:
         af = socket.AF_INET6 if family == FAMILY_IPV6 else socket.AF_INET

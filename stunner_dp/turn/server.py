@@ -219,6 +219,8 @@ class TurnServer:
         self.tcp_relays: TcpRelayFactory | None = None
         self.tcp_allocations: dict[Allocation, dict[int, TcpPeerConnection]] = {}
         self.tcp_connections: dict[int, TcpPeerConnection] = {}
+        # seconds a peer connection may wait for its ConnectionBind (the shell may shorten it)
+        self.tcp_bind_timeout = TCP_BIND_TIMEOUT
         self.config = config
         self.credentials = Credentials(config.auth)
         self.access = access or PeerAccess.from_config(config)
@@ -1116,7 +1118,7 @@ class TurnServer:
             return []
         ctx, msg, key = conn.pending
         conn.pending = None
-        conn.deadline = now + TCP_BIND_TIMEOUT
+        conn.deadline = now + self.tcp_bind_timeout
         attrs = [(stun.ATTR_CONNECTION_ID, stun.encode_u32(connection_id))]
         if self.software:
             attrs.append((stun.ATTR_SOFTWARE, self.software.encode()))
@@ -1150,7 +1152,11 @@ class TurnServer:
         if any(conn.peer == peer for conn in conns.values()):
             return None
         conn = TcpPeerConnection(
-            self._new_connection_id(), alloc, peer, deadline=now + TCP_BIND_TIMEOUT, stream=stream
+            self._new_connection_id(),
+            alloc,
+            peer,
+            deadline=now + self.tcp_bind_timeout,
+            stream=stream,
         )
         self._add_tcp_connection(conn)
         tid = secrets.token_bytes(12)
