@@ -34,7 +34,7 @@ from .host_addresses import host_addresses
 from .listener import Listener
 from .offload import OffloadSwitch
 from .relay import RelayPool
-from .sockets import SocketProvider, listen_host
+from .sockets import SocketProvider, bind_listener, dual_stack, listen_host
 from .stepwise import run_stepwise
 from .tcp import StreamListener
 from .tcp_relay import TcpRelayPool
@@ -183,6 +183,8 @@ class Server:
         counters = self.relays.counters.setdefault(listener.name, ListenerCounters())
         try:
             adopted = self._socket_provider(listener) if self._socket_provider else None
+            if adopted is None and dual_stack(listener, host):  # asyncio's would be IPv6 only
+                adopted = bind_listener(listener, self._bind_host, reuse_port=self._reuse_port)
             if listener.transport == "udp":
                 sock = adopted or bind_udp(host, listener.port, reuse_port=self._reuse_port)
                 if listener.nat_discovery is not None:  # RFC 5780: three more sockets
@@ -387,6 +389,8 @@ class Server:
         for alloc in turn.all_allocations():
             for t in alloc.traffic():
                 add(alloc.listener, t)
+        for conn in turn.tcp_connections.values():  # RFC 6062 peer connections still open
+            add(conn.allocation.listener, conn.traffic)
 
         def listener_stats(name: str, relayed: list[int] | None) -> ListenerStats:
             c = relays.counters.get(name) or ListenerCounters()

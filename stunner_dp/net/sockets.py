@@ -3,12 +3,21 @@ workers' sockets (stunner_dp.daemon.supervisor). Loads no listener, no state mac
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Callable
 
 from stunner_dp.config import ListenerConfig
 
-__all__ = ["SocketProvider", "bind_listener", "bind_tcp", "bind_udp", "listen_host", "socket_kind"]
+__all__ = [
+    "SocketProvider",
+    "bind_listener",
+    "bind_tcp",
+    "bind_udp",
+    "dual_stack",
+    "listen_host",
+    "socket_kind",
+]
 
 # A listener's socket made elsewhere (a worker gets its listener sockets from the supervisor):
 # a bound socket to adopt, None to bind one; OSError when it could not be made.
@@ -26,6 +35,17 @@ def listen_host(listener: ListenerConfig, bind_host: str | None) -> str:
     return bind_host or ("::" if ":" in listener.address else "0.0.0.0")
 
 
+def dual_stack(listener: ListenerConfig, host: str) -> bool:
+    """Whether `listener` binds one socket for both families: `address: "::"` on the IPv6
+    wildcard (IPv4 clients arrive as ::ffff:a.b.c.d). Any other IPv6 host stays IPv6 only."""
+    if host != "::" or listener.nat_discovery is not None:
+        return False
+    try:
+        return ipaddress.ip_address(listener.address) == ipaddress.IPv6Address("::")
+    except ValueError:
+        return False
+
+
 def socket_kind(listener: ListenerConfig) -> str | None:
     """The socket a listener serves on: "udp" (TURN-UDP, DTLS), "tcp" (TURN-TCP, TLS), or None."""
     return {"udp": "udp", "dtls": "udp", "tcp": "tcp", "tls": "tcp"}.get(listener.transport)
@@ -35,14 +55,14 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def bind_udp(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def bind_udp(host: str, port: int, *, reuse_port: bool, dual_stack: bool = False) -> socket.socket:
     af = _family(host)
     sock = socket.socket(af, socket.SOCK_DGRAM)
     try:
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if af == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
         # Room for bursts: media arrives in bursts and a dropped datagram is a lost frame.
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
@@ -54,7 +74,7 @@ def bind_udp(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def bind_tcp(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def bind_tcp(host: str, port: int, *, reuse_port: bool, dual_stack: bool = False) -> socket.socket:
     """A listening TCP socket, as asyncio's create_server(reuse_address=True) makes one."""
     af = _family(host)
     sock = socket.socket(af, socket.SOCK_STREAM)
@@ -63,7 +83,7 @@ def bind_tcp(host: str, port: int, *, reuse_port: bool) -> socket.socket:
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if af == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if dual_stack else 1)
         sock.bind((host, port))
         sock.listen(TCP_BACKLOG)  # connections queue here while no worker accepts
         sock.setblocking(False)
@@ -81,4 +101,5 @@ def bind_listener(
     if kind is None:
         return None
     bind = bind_udp if kind == "udp" else bind_tcp
-    return bind(listen_host(listener, bind_host), listener.port, reuse_port=reuse_port)
+    host = listen_host(listener, bind_host)
+    return bind(host, listener.port, reuse_port=reuse_port, dual_stack=dual_stack(listener, host))
