@@ -29,10 +29,11 @@ from typing import cast
 from stunner_dp.config import ListenerConfig
 from stunner_dp.observe.logs import get_logger
 from stunner_dp.stun import FAMILY_IPV6
-from stunner_dp.turn.allocation import Allocation, Channel
+from stunner_dp.turn.allocation import Allocation, Channel, Traffic
 from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Addr, Output, Sink
 
+from .counters import ListenerCounters
 from .relay import RelayPool
 from .tcp import StreamConnection, gate_for
 
@@ -248,6 +249,10 @@ class PeerConnection(asyncio.Protocol):
         self.admitted = False  # counted in the gate
         self.closed = False
         self.task: asyncio.Future[None] | None = None  # held: a task may not be collected
+        # once bound: the state machine's counts of this connection (the cluster's figures,
+        # the allocation's totals) and the listener's wire counters (its data connection's)
+        self.traffic = Traffic("")
+        self.counters = ListenerCounters()
         relay.peers.add(self)
         self.pool.peers.add(self)
 
@@ -306,6 +311,10 @@ class PeerConnection(asyncio.Protocol):
         data = cast(StreamConnection, data_link)
         self.data = data
         data.raw_link = self
+        record = self.pool.server.tcp_connections.get(self.connection_id)
+        if record is not None:
+            self.traffic = record.traffic
+        self.counters = self.pool.relays.counters.get(self.listener) or self.counters
         if self.transport is not None:
             self.transport.resume_reading()
 
@@ -332,12 +341,22 @@ class PeerConnection(asyncio.Protocol):
         if stream is None or stream.is_closing():
             return
         stream.write(data)
+        size = len(data)  # a read is one "packet": TCP has no datagrams
+        self.traffic.in_packets += 1
+        self.traffic.in_bytes += size
+        self.counters.tx_packets += 1
+        self.counters.tx_bytes += size
 
     def from_client(self, data: bytes) -> None:
         """Bytes of the bound data connection: to the peer as they are."""
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(data)
+            size = len(data)
+            self.traffic.out_packets += 1
+            self.traffic.out_bytes += size
+            self.counters.rx_packets += 1
+            self.counters.rx_bytes += size
 
     def pause_writing(self) -> None:  # the peer reads slowly: stop reading the client
         link = self.data

@@ -114,6 +114,9 @@ class TcpPeerConnection:
     # a Connect still waiting for its peer: the request to answer, and the key to sign it with
     pending: tuple[Context, Message, bytes] | None = None
     bound: bool = False
+    # the bytes relayed (the shell counts them; raw, so not `framed`): the peer's cluster's
+    # figures, and the allocation's totals once it closes
+    traffic: Traffic = dataclasses.field(default_factory=lambda: Traffic(""))
 
 
 @functools.lru_cache(maxsize=256)
@@ -1042,10 +1045,20 @@ class TurnServer:
         self.tcp_allocations[conn.allocation][conn.connection_id] = conn
 
     def _forget_tcp_connection(self, conn: TcpPeerConnection) -> None:
-        self.tcp_connections.pop(conn.connection_id, None)
+        if self.tcp_connections.pop(conn.connection_id, None) is None:
+            return
         conns = self.tcp_allocations.get(conn.allocation)
         if conns is not None:
             conns.pop(conn.connection_id, None)
+        # its counts stay in the allocation's totals, as a retired permission's do
+        t = conn.traffic
+        if t.out_packets or t.in_packets:
+            retired = conn.allocation.retired
+            total = retired.setdefault((t.cluster, t.framed), Traffic(t.cluster, t.framed))
+            total.out_packets += t.out_packets
+            total.out_bytes += t.out_bytes
+            total.in_packets += t.in_packets
+            total.in_bytes += t.in_bytes
 
     def _tcp_room(self, conns: dict[int, TcpPeerConnection]) -> bool:
         """A peer connection is a TCP relay's channel: max_channels_per_allocation caps them
@@ -1066,7 +1079,7 @@ class TurnServer:
         peer = self._peer(alloc, raw_peer, msg.transaction_id)
         if peer[1] == 0:
             raise Reject(ErrorCode.BAD_REQUEST, "Peer port 0")
-        ports, _ = self._judge(ctx, peer)
+        ports, cluster = self._judge(ctx, peer)
         if peer[1] not in ports:
             raise self._deny(ctx, peer)
         if any(conn.peer == peer for conn in conns.values()):  # connected or connecting
@@ -1079,6 +1092,7 @@ class TurnServer:
             peer,
             deadline=now + TCP_CONNECT_TIMEOUT,
             pending=(ctx, msg, auth.key),
+            traffic=Traffic(cluster),
         )
         self._add_tcp_connection(conn)
         relay: TcpRelayHandle = alloc.relay  # type: ignore[assignment]  # a TCP allocation's
@@ -1157,6 +1171,7 @@ class TurnServer:
             peer,
             deadline=now + self.tcp_bind_timeout,
             stream=stream,
+            traffic=Traffic(perm.cluster),
         )
         self._add_tcp_connection(conn)
         tid = secrets.token_bytes(12)

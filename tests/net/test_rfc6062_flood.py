@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 from helpers.stunnerd_proc import Stunnerd, start_stunnerd, stop
-from helpers.tcp_relay_client import TcpRelayClient, connection_id, tcp_echo_peer
+from helpers.tcp_relay_client import (
+    TcpRelayClient,
+    bind_data_connection,
+    connection_id,
+    tcp_echo_peer,
+)
 from helpers.turnclient import error_code
 
 from stunner_dp import stun
@@ -130,3 +135,38 @@ def test_the_bind_timeout_hook_takes_positive_numbers_only() -> None:
     assert bind_timeout_from_env(30.0, {"STUNNER_DP_TCP_BIND_TIMEOUT": "1.5"}) == 1.5
     for bad in ("0", "-1", "soon"):
         assert bind_timeout_from_env(30.0, {"STUNNER_DP_TCP_BIND_TIMEOUT": bad}) == 30.0
+
+
+async def test_status_and_metrics_count_a_tcp_allocation_and_its_bytes(
+    tmp_path: Path,
+) -> None:
+    from helpers.ops import http_get
+
+    health, metrics = free_port(udp=False), free_port(udp=False)
+    admin = {
+        "name": "rfc6062-status",
+        "loglevel": "all:WARN",
+        "metrics_endpoint": f"http://127.0.0.1:{metrics}/metrics",
+        "healthcheck_endpoint": f"http://127.0.0.1:{health}",
+    }
+    daemon = start_stunnerd(tmp_path, "status", endpoints=["127.0.0.1"], admin=admin)
+    try:
+        server = ("127.0.0.1", daemon.port)
+        async with tcp_echo_peer() as peer, TcpRelayClient(server) as control:
+            await control.allocate_tcp(DEFAULT_USERNAME, DEFAULT_PASSWORD)
+            _, status = await http_get(f"http://127.0.0.1:{health}/status")
+            assert status["allocationCount"] == 1
+            assert error_code(await control.create_permission(peer.address)) == 0
+            cid = connection_id(await control.connect_peer(peer.address))
+            data, resp = await bind_data_connection(control, cid)
+            assert error_code(resp) == 0
+            payload = os.urandom(30_000)
+            data.writer.write(payload)
+            assert await data.read_exactly(len(payload)) == payload
+            _, text = await http_get(f"http://127.0.0.1:{metrics}/metrics")
+            lines = [ln for ln in str(text).splitlines() if ln.startswith("stunner_cluster_")]
+            wanted = [ln for ln in lines if "bytes" in ln and 'name="peers"' in ln]
+            assert {float(ln.rsplit(" ", 1)[1]) for ln in wanted} == {30_000.0}, lines
+            data.close()
+    finally:
+        stop(daemon.proc)

@@ -135,3 +135,42 @@ async def test_udp_listener_still_answers_442() -> None:
         client.login(DEFAULT_USERNAME, DEFAULT_PASSWORD)
         resp = await client.request(stun.METHOD_ALLOCATE, list(tcp_transport()))
         assert error_code(resp) == 442
+
+
+async def test_relayed_bytes_count_in_the_cluster_and_listener_figures() -> None:
+    """Cluster figures are payload bytes (tx to peers, rx from peers), listener figures wire
+    bytes (rx from clients, tx to clients): a TCP relay's bytes are both, and stay counted
+    once the data connection and then the allocation are gone."""
+    async with tcp_echo_peer() as peer, tcp_server() as ts:
+        server = ts.server
+        async with TcpRelayClient(ts.address) as control:
+            await control.allocate_tcp(DEFAULT_USERNAME, DEFAULT_PASSWORD)
+            assert server.allocation_count == 1
+            assert error_code(await control.create_permission(peer.address)) == 0
+            cid = connection_id(await control.connect_peer(peer.address))
+            data, resp = await bind_data_connection(control, cid)
+            assert error_code(resp) == 0
+            before = server.stats()
+            assert "peers" not in before.clusters or before.clusters["peers"].tx_bytes == 0
+            total = await echo_many_sizes(data.writer, data.read_exactly)
+            during = server.stats()
+            cluster = during.clusters["peers"]
+            assert (cluster.tx_bytes, cluster.rx_bytes) == (total, total)
+            assert cluster.tx_packets > 0 and cluster.rx_packets > 0
+            lst, lst0 = during.listeners["tcp-listener"], before.listeners["tcp-listener"]
+            assert lst.rx_bytes - lst0.rx_bytes == total
+            assert lst.tx_bytes - lst0.tx_bytes == total
+            data.close()
+            for _ in range(300):  # the peer connection closes with its data connection
+                if not server.turn.tcp_connections:  # type: ignore[union-attr]
+                    break
+                await asyncio.sleep(0.01)
+            closed = server.stats().clusters["peers"]
+            assert (closed.tx_bytes, closed.rx_bytes) == (total, total)
+        for _ in range(300):
+            if server.allocation_count == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert server.allocation_count == 0
+        gone = server.stats().clusters["peers"]
+        assert (gone.tx_bytes, gone.rx_bytes) == (total, total)
