@@ -108,5 +108,6 @@ async def test_dual_allocation_relays_to_both_families(address: str, additional:
             # the IPv6 relay is gone: an IPv6 peer is now 443, the IPv4 side still relays
             assert error_code(await client.create_permission(peer6)) == 443
             assert await _round_trips(client, 0x4001, "more") == ROUNDS
-            (alloc,) = srv.server.turn.allocations["udp-listener"].values()
+            table = srv.server.turn.allocations["udp-listener"]  # read only
+            (alloc,) = table.values()
             assert [r.address[0] for r in alloc.relays] == ["127.0.0.1"]

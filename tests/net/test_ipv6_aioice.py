@@ -52,7 +52,8 @@ async def test_aioice_over_ipv6_to_ipv6_peer(transport: str) -> None:
                 got.append(data)
             assert sorted(got) == sorted(sent)
             assert receiver.errors == []
-            (alloc,) = ts.server.turn.allocations[f"{transport}-listener"].values()
+            table = ts.server.turn.allocations[f"{transport}-listener"]  # read only
+            (alloc,) = table.values()
             assert alloc.client[0] == "::1"
         finally:
             relay.close()
