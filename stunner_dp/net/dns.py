@@ -14,16 +14,19 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from stunner_dp.observe.logs import get_logger
 
-__all__ = ["DEFAULT_INTERVAL", "Resolved", "StrictDnsResolver", "interval_from_env"]
+__all__ = ["DEFAULT_INTERVAL", "GetAddrInfo", "Resolved", "StrictDnsResolver", "interval_from_env"]
 
 DEFAULT_INTERVAL = 5.0
 INTERVAL_ENV = "STUNNER_DP_DNS_INTERVAL"  # seconds; a stunner-dp extension (tests use it)
 
 Resolved = dict[str, tuple[str, ...]]
+# name -> getaddrinfo's answer (A and AAAA: no family asked); the loop's by default, a test's own
+GetAddrInfo = Callable[[str], Awaitable[list[tuple[Any, ...]]]]
 
 log = get_logger("net")
 
@@ -51,9 +54,11 @@ class StrictDnsResolver:
         on_change: Callable[[Resolved], None] | None = None,
         *,
         interval: float = DEFAULT_INTERVAL,
+        getaddrinfo: GetAddrInfo | None = None,
     ) -> None:
         self.on_change = on_change
         self.interval = interval
+        self._getaddrinfo = getaddrinfo
         self.resolved: Resolved = {}
         self._hosts: tuple[str, ...] = ()
         self._misses: dict[str, int] = {}
@@ -110,11 +115,12 @@ class StrictDnsResolver:
 
     async def _lookup(self, name: str) -> tuple[str, ...] | str:
         """The sorted addresses of `name`, or the reason it did not resolve."""
-        loop = asyncio.get_running_loop()
+        if self._getaddrinfo is not None:
+            lookup = self._getaddrinfo(name)
+        else:  # AF_UNSPEC: IPv4 and IPv6 answers alike
+            lookup = asyncio.get_running_loop().getaddrinfo(name, None, type=socket.SOCK_DGRAM)
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM), timeout=self.interval
-            )
+            infos = await asyncio.wait_for(lookup, timeout=self.interval)
         except TimeoutError:
             return "timed out"
         except (OSError, UnicodeError) as exc:
