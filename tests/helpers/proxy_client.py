@@ -23,6 +23,9 @@ def insecure_tls() -> ssl.SSLContext:
     return ctx
 
 
+STREAM_TIMEOUT = 15.0
+
+
 class ProxiedClient(StreamTurnClient):
     def __init__(
         self,
@@ -57,6 +60,13 @@ class ProxiedClient(StreamTurnClient):
             assert started is not None
             self.stream = started
         return self
+
+    async def transact(
+        self, data: bytes, tid: bytes, timeout: float = STREAM_TIMEOUT
+    ) -> stun.Message:
+        # A stream loses nothing: a late answer (a loaded CI machine, a haproxy hop) is slow,
+        # not missing, so wait longer than the datagram client's retransmission-sized timeout.
+        return await super().transact(data, tid, timeout)
 
     async def mapped_address(self) -> tuple[str, int]:
         """XOR-MAPPED-ADDRESS of a Binding request: who the server thinks we are."""

@@ -90,6 +90,25 @@ def _tcp_open(port: int, host: str = "127.0.0.1") -> bool:
 
 @contextmanager
 def edge(tmp: Path, cert: CertPair) -> Iterator[Edge]:
+    """stunnerd and haproxy in front of it. A free port can be taken by another process before
+    stunnerd binds it (a busy CI machine): then try again with new ports, a few times."""
+    for attempt in range(3):
+        try:
+            with _edge(tmp / f"try{attempt}", cert) as running:
+                yield running
+                return
+        except PortTaken:
+            continue
+    raise AssertionError("stunnerd: the free ports were taken three times over")
+
+
+class PortTaken(Exception):
+    pass
+
+
+@contextmanager
+def _edge(tmp: Path, cert: CertPair) -> Iterator[Edge]:
+    tmp.mkdir()
     port, tls_port, metrics = free_port(), free_port(udp=False), free_port(udp=False)
     config = make_config(port=port, protocols=("TURN-UDP", "TURN-TCP", "TURN-TLS"))
     config["admin"].update(
@@ -133,7 +152,12 @@ def edge(tmp: Path, cert: CertPair) -> Iterator[Edge]:
         )
     haproxy: subprocess.Popen[bytes] | None = None
     try:
-        _wait(lambda: udp_answers(port, binding_request()), "stunnerd", server, log)
+        try:
+            _wait(lambda: udp_answers(port, binding_request()), "stunnerd", server, log)
+        except AssertionError:
+            if "Address already in use" in log.read_text(errors="replace"):
+                raise PortTaken from None
+            raise
         _wait(lambda: all(_tcp_open(p) for p in ports.values()), "stunnerd TCP/TLS", server, log)
         assert HAPROXY is not None
         with hap_log.open("wb") as out:
