@@ -56,3 +56,11 @@ def test_python_m_stunner_dp_runs_the_cli() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert stunner_dp.__version__ in out.stdout
+
+
+def test_license_file_is_the_declared_license() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    declared = project["project"]["license"]["text"]
+    text = (REPO / "LICENSE").read_text()
+    assert text.startswith(f"{declared} License"), text[:80]
+    assert "Permission is hereby granted, free of charge" in text
