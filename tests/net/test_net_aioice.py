@@ -1,5 +1,6 @@
 """Check 3: aioice's TURN client allocates over UDP and TCP, static and ephemeral credentials,
-and exchanges data with a UDP echo peer on 127.0.0.1 through the relay."""
+and exchanges data with a UDP echo peer through the relay: on 127.0.0.1, and over ::1 to an
+IPv6 listener and an IPv6 peer (issue 11: an IPv6-only listener gives IPv6 relays)."""
 
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ class Receiver(asyncio.DatagramProtocol):
         self.errors.append(exc)
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 @pytest.mark.parametrize("auth_type", ["static", "ephemeral"])
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
-async def test_aioice_relays_to_echo_peer(transport: str, auth_type: str) -> None:
-    overrides: dict[str, Any] = {"auth_type": auth_type, "secret": SECRET}
-    async with start_turn_server(**overrides) as ts, udp_echo_peer() as peer:
+async def test_aioice_relays_to_echo_peer(transport: str, auth_type: str, host: str) -> None:
+    overrides: dict[str, Any] = {"auth_type": auth_type, "secret": SECRET, "host": host}
+    async with start_turn_server(**overrides) as ts, udp_echo_peer(host) as peer:
         if auth_type == "ephemeral":
             username, password = ephemeral_credentials(SECRET, "alice")
         else:
@@ -45,7 +47,7 @@ async def test_aioice_relays_to_echo_peer(transport: str, auth_type: str) -> Non
             relayed = relay.get_extra_info("sockname")
             low = ts.config["listeners"][0]["min_relay_port"]
             high = ts.config["listeners"][0]["max_relay_port"]
-            assert relayed[0] == "127.0.0.1"
+            assert relayed[0] == host  # the listener's family
             assert low <= relayed[1] <= high
 
             listener = f"{transport}-listener"
@@ -53,8 +55,9 @@ async def test_aioice_relays_to_echo_peer(transport: str, auth_type: str) -> Non
             assert len(allocations) == 1
             (alloc,) = allocations.values()
             assert alloc.username == username
+            assert alloc.client[0] == host
 
-            sent = [f"{transport}-{auth_type}-{i}".encode() for i in range(MESSAGES)]
+            sent = [f"{host}-{transport}-{auth_type}-{i}".encode() for i in range(MESSAGES)]
             for payload in sent:
                 relay.sendto(payload, peer)
             got = []
