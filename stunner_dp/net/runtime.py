@@ -221,15 +221,13 @@ class Server:
                 )
                 # TLS is started per connection, after the stream listener's connection caps
                 stream.tls = tls_context(listener) if listener.transport == "tls" else None
-                context = None
                 stream.asyncio_server = await (
-                    self._loop.create_server(stream.protocol, sock=adopted, ssl=context)
+                    self._loop.create_server(stream.protocol, sock=adopted)
                     if adopted
                     else self._loop.create_server(
                         stream.protocol,
                         host,
                         listener.port,
-                        ssl=context,
                         reuse_port=self._reuse_port or None,
                         reuse_address=True,
                     )
