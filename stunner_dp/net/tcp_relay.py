@@ -4,9 +4,15 @@ The state machine (`TurnServer`: Connect, ConnectionBind, ConnectionAttempt, tim
 rules) decides; this module only moves bytes and reports what the sockets did:
 
 - `TcpRelay` (a `turn.types.TcpRelayHandle`) listens in the listener's relay port range and
-  opens the Connect's outgoing connections from the relay IP (a kernel-chosen port: binding the
-  listening port again would need SO_REUSEPORT, which would let another worker's relay share
-  the port);
+  opens the Connect's outgoing connections from the relayed transport address itself (RFC 6062
+  5.2: "the local endpoint is the relayed transport address"). Linux lets a connecting socket
+  bind a listening socket's port only when both set SO_REUSEPORT, and SO_REUSEPORT would also
+  let another `-u N` worker (same user) listen on the port beside us and take half its peers.
+  So each TCP relay first claims its port in a lock no other process can share: an abstract
+  Unix socket named after the family and port (`_PortClaim`; per network namespace, as TCP
+  ports are), released when the relay closes. A worker whose claim fails tries another port,
+  as it does when a bind fails. A connection to a peer that still holds the last one from that
+  address in TIME_WAIT leaves from a kernel-chosen port instead of failing;
 - `PeerConnection` (a `turn.types.PeerStream`) is one TCP connection to a peer. It reads
   nothing until ConnectionBind (what the peer sends first waits in the kernel), then copies
   bytes raw between the peer and the client's data connection (a `StreamConnection` switched to
@@ -95,12 +101,13 @@ class TcpRelayPool:
             if (af, bind_ip, port) in self.held:
                 continue
             try:
-                sock = _listen(af, bind_ip, port)
+                opened = _listen(af, bind_ip, port)
             except OSError as exc:
                 log.error("TCP relay could not listen", listener=listener.name, error=str(exc))
                 break
-            if sock is not None:
-                return TcpRelay(self, sock, (advertised, port), (af, bind_ip, port))
+            if opened is not None:
+                sock, claim = opened
+                return TcpRelay(self, sock, (advertised, port), (af, bind_ip, port), claim)
         self.exhausted += 1
         return None
 
@@ -131,25 +138,72 @@ def _bind_ip(listener: ListenerConfig, af: int) -> str:
     return ip
 
 
-def _listen(af: int, ip: str, port: int) -> socket.socket | None:
-    """A listening socket on (ip, port); None when the port is taken or descriptors ran out."""
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+CLAIM_PREFIX = "stunner-dp/tcp-relay"  # the abstract Unix socket names of `_PortClaim`
+
+
+class _PortClaim:
+    """This process's exclusive hold on a TCP relay port (of one family): an abstract Unix
+    socket bound to a name made of both, which no other socket can bind while it lives (and
+    which the kernel frees when its holder dies, however it dies)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @classmethod
+    def take(cls, af: int, port: int) -> _PortClaim | None:
+        """The claim, or None when another worker holds it or descriptors ran out."""
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            if exc.errno in _OUT_OF_DESCRIPTORS:
+                return None
+            raise
+        try:
+            sock.bind(f"\0{CLAIM_PREFIX}/{int(af)}/{port}")
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                return None
+            raise
+        return cls(sock)
+
+    def release(self) -> None:
+        self.sock.close()
+
+
+def _reusable(sock: socket.socket) -> None:
+    # SO_REUSEADDR: a port whose last connection sits in TIME_WAIT may listen again;
+    # SO_REUSEPORT: the listening socket and the outgoing ones share the relay port (the
+    # claim keeps every other worker off it)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+
+
+def _listen(af: int, ip: str, port: int) -> tuple[socket.socket, _PortClaim] | None:
+    """A listening socket on (ip, port) and its claim; None when the port is taken (here or by
+    another worker) or descriptors ran out."""
+    claim = _PortClaim.take(af, port)
+    if claim is None:
+        return None
     try:
         sock = socket.socket(af, socket.SOCK_STREAM)
     except OSError as exc:
-        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+        claim.release()
+        if exc.errno in _OUT_OF_DESCRIPTORS:
             return None
         raise
     try:
-        # SO_REUSEADDR: a port whose last connection sits in TIME_WAIT may listen again
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        _reusable(sock)
         if af == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((ip, port))
         sock.listen(BACKLOG)
         sock.setblocking(False)
-        return sock
+        return sock, claim
     except OSError as exc:
         sock.close()
+        claim.release()
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EMFILE, errno.ENFILE):
             return None
         raise
@@ -159,10 +213,16 @@ class TcpRelay:
     """One TCP relay transport address (implements turn.types.TcpRelayHandle)."""
 
     def __init__(
-        self, pool: TcpRelayPool, sock: socket.socket, advertised: Addr, key: tuple[int, str, int]
+        self,
+        pool: TcpRelayPool,
+        sock: socket.socket,
+        advertised: Addr,
+        key: tuple[int, str, int],
+        claim: _PortClaim,
     ) -> None:
         self.pool = pool
         self.sock = sock
+        self.claim = claim
         self.address = advertised
         self.key = key
         pool.held.add(key)
@@ -229,9 +289,26 @@ class TcpRelay:
             self._accepting = False
         self.allocation = None
         self.sock.close()
+        self.claim.release()
         self.pool.held.discard(self.key)
         for conn in list(self.peers):
             conn.close()
+
+
+def _connecting_socket(af: int, local: Addr) -> socket.socket:
+    """A non-blocking TCP socket bound to `local` (port 0: the kernel's choice)."""
+    sock = socket.socket(af, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        if local[1]:
+            _reusable(sock)
+        if af == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(local)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class PeerConnection(asyncio.Protocol):
@@ -268,18 +345,29 @@ class PeerConnection(asyncio.Protocol):
         self.task = asyncio.ensure_future(self._connect())
 
     async def _connect(self) -> None:
-        af, bind_ip, _ = self.relay.key
+        af, bind_ip, port = self.relay.key
         loop = self.pool.loop
-        sock = socket.socket(af, socket.SOCK_STREAM)
+        sock: socket.socket | None = None
         try:
-            sock.setblocking(False)
-            sock.bind((bind_ip, 0))
-            await asyncio.wait_for(loop.sock_connect(sock, self.peer), CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                try:  # from the relayed transport address (RFC 6062 5.2)
+                    sock = _connecting_socket(af, (bind_ip, port))
+                    await loop.sock_connect(sock, self.peer)
+                except OSError as exc:
+                    # that address's last connection to this peer lingers in TIME_WAIT (or
+                    # the port cannot be shared): a kernel-chosen port rather than a 447
+                    if exc.errno not in (errno.EADDRNOTAVAIL, errno.EADDRINUSE):
+                        raise
+                    if sock is not None:
+                        sock.close()
+                    sock = _connecting_socket(af, (bind_ip, 0))
+                    await loop.sock_connect(sock, self.peer)
             if self.closed:
                 raise ConnectionAbortedError
             await loop.create_connection(lambda: self, sock=sock)
         except (OSError, TimeoutError, asyncio.CancelledError):
-            sock.close()
+            if sock is not None:
+                sock.close()
             self._failed()
 
     def adopt(self, sock: socket.socket) -> None:

@@ -546,17 +546,29 @@ class OwnAddresses:
     reload moved them). They are own on every local IP, since the listeners and relays may bind
     the wildcard: loopback, the unspecified addresses, the listener and public addresses, and
     the relay addresses the server has handed out (`add_ip`, e.g. the pod IP of a wildcard
-    listener). Pure: the state machine feeds it."""
+    listener). Pure: the state machine feeds it.
 
-    __slots__ = ("_ips", "_without_own", "ports")
+    `service_ports` are the own ports that are no relay (listener and public ports). A TCP
+    allocation (RFC 6062) may have our relay ports as peers (`with_relays=False`): bytes a TCP
+    relay accepts only ever go to its own client's data connection, never into another relay,
+    so two TCP relays of ours connected to each other cannot chain (the state machine still
+    lets a Connect reach only a live TCP relay of another allocation)."""
 
-    def __init__(self, ips: Iterable[str] = (), ports: PortSet | None = None) -> None:
+    __slots__ = ("_ips", "_without_own", "ports", "service_ports")
+
+    def __init__(
+        self,
+        ips: Iterable[str] = (),
+        ports: PortSet | None = None,
+        service_ports: PortSet | None = None,
+    ) -> None:
         # (version, value) keys: integers per request (ip_value), not an ipaddress object
         self._ips: set[tuple[int, int]] = set()
-        self.ports = ports or PortSet()
-        # allowed -> allowed less our ports: the rules hold few distinct port sets, and each
-        # permission to a local peer would build the same one again
-        self._without_own: dict[PortSet, PortSet] = {}
+        self.service_ports = service_ports or PortSet()
+        self.ports = (ports or PortSet()) | self.service_ports
+        # (allowed, with_relays) -> allowed less our ports: the rules hold few distinct port
+        # sets, and each permission to a local peer would build the same one again
+        self._without_own: dict[tuple[PortSet, bool], PortSet] = {}
         for ip in ips:
             self.add_ip(ip)
 
@@ -564,16 +576,21 @@ class OwnAddresses:
     def from_config(
         cls, config: StunnerConfig, ips: Iterable[str] = (), ports: Iterable[int] = ()
     ) -> OwnAddresses:
-        ranges = [(p, p) for p in ports]
+        ranges = [(p, p) for p in ports]  # relays in use
+        service: list[tuple[int, int]] = []
         addresses = list(ips)
         for lis in config.listeners:
-            ranges.append((lis.port, lis.port))
+            service.append((lis.port, lis.port))
             if lis.public_port:
-                ranges.append((lis.public_port, lis.public_port))
+                service.append((lis.public_port, lis.public_port))
             if lis.min_relay_port <= lis.max_relay_port:
                 ranges.append((lis.min_relay_port, lis.max_relay_port))
             addresses += [lis.address, lis.public_address]
-        return cls(addresses, PortSet(r for r in ranges if r[0] > 0))
+        return cls(
+            addresses,
+            PortSet(r for r in ranges if r[0] > 0),
+            PortSet(r for r in service if r[0] > 0),
+        )
 
     def add_ip(self, ip: str) -> bool:
         """Count `ip` as one of ours; True when it is new."""
@@ -592,17 +609,22 @@ class OwnAddresses:
         version, value = key
         return value >> 24 in _LOCAL_V4_OCTETS if version == 4 else value in _LOCAL_V6
 
-    def owns(self, ip: str, port: int) -> bool:
-        """Is (ip, port) one of this server's transport addresses?"""
-        return port in self.ports and self.is_local(ip)
+    def owns(self, ip: str, port: int, *, with_relays: bool = True) -> bool:
+        """Is (ip, port) one of this server's transport addresses? With `with_relays` False,
+        only its listener and public ports count (a TCP allocation's view)."""
+        ports = self.ports if with_relays else self.service_ports
+        return port in ports and self.is_local(ip)
 
-    def peer_ports(self, ip: str, allowed: PortSet) -> PortSet:
-        """The ports of `ip` that a permission may reach: `allowed` less our own if it is ours."""
-        if self.ports and self.is_local(ip):
-            left = self._without_own.get(allowed)
+    def peer_ports(self, ip: str, allowed: PortSet, *, with_relays: bool = True) -> PortSet:
+        """The ports of `ip` that a permission may reach: `allowed` less our own if it is ours
+        (less only the listener and public ports when `with_relays` is False)."""
+        own = self.ports if with_relays else self.service_ports
+        if own and self.is_local(ip):
+            key = (allowed, with_relays)
+            left = self._without_own.get(key)
             if left is None:
                 if len(self._without_own) >= _WITHOUT_OWN_KEPT:
                     self._without_own.clear()
-                left = self._without_own[allowed] = allowed.without(self.ports)
+                left = self._without_own[key] = allowed.without(own)
             return left
         return allowed

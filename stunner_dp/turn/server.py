@@ -222,6 +222,8 @@ class TurnServer:
         self.tcp_relays: TcpRelayFactory | None = None
         self.tcp_allocations: dict[Allocation, dict[int, TcpPeerConnection]] = {}
         self.tcp_connections: dict[int, TcpPeerConnection] = {}
+        # the relayed transport address of each TCP allocation: a Connect may reach those
+        self.tcp_relay_addresses: dict[Addr, Allocation] = {}
         # seconds a peer connection may wait for its ConnectionBind (the shell may shorten it)
         self.tcp_bind_timeout = TCP_BIND_TIMEOUT
         self.config = config
@@ -263,8 +265,9 @@ class TurnServer:
         for table in self.allocations.values():
             for alloc in table.values():
                 keep = {}
+                tcp = alloc in self.tcp_allocations
                 for ip in alloc.permissions:
-                    ports = self._peer_ports(alloc.listener, ip)
+                    ports = self._peer_ports(alloc.listener, ip, tcp=tcp)
                     if ports is not None:
                         keep[ip] = ports
                 alloc.revoke(keep)
@@ -822,6 +825,7 @@ class TurnServer:
         self.allocations[ctx.listener][ctx.client] = alloc
         if request.tcp:
             self.tcp_allocations[alloc] = {}
+            self.tcp_relay_addresses[normalize_peer(relay.address[:2])] = alloc
         self.user_allocations[request.quota_user] += 1
         attrs = [
             (
@@ -911,13 +915,14 @@ class TurnServer:
         if self._own_addresses().add_ip(address[0]):
             self.revalidate()
 
-    def _peer_ports(self, listener: str, ip: str) -> PortSet | None:
+    def _peer_ports(self, listener: str, ip: str, *, tcp: bool = False) -> PortSet | None:
         """The ports of `ip` a permission may reach via `listener`: what the clusters allow,
-        less this server's own ports when `ip` is ours; None when that leaves none."""
+        less this server's own ports when `ip` is ours (a TCP allocation's: less only the
+        listener and public ports, see `OwnAddresses`); None when that leaves none."""
         ports = self.access.ports_for(listener, ip)
         if ports is None:
             return None
-        return self._own_addresses().peer_ports(ip, ports) or None
+        return self._own_addresses().peer_ports(ip, ports, with_relays=not tcp) or None
 
     def _peer(self, alloc: Allocation, value: bytes, tid: bytes) -> Addr:
         """Decode a XOR-PEER-ADDRESS and hold it against the family and the peer rules."""
@@ -926,13 +931,15 @@ class TurnServer:
             raise Reject(ErrorCode.PEER_ADDRESS_FAMILY_MISMATCH)
         return peer
 
-    def _judge(self, ctx: Context, peer: Addr) -> tuple[PortSet, str]:
+    def _judge(self, ctx: Context, peer: Addr, *, tcp: bool = False) -> tuple[PortSet, str]:
         """The ports a permission for the peer's IP reaches, and the cluster its traffic counts
         for; 403 when no rule allows the peer or it is one of our own transport addresses
-        (relaying there would chain allocations into each other, or feed our listeners)."""
-        if self._own_addresses().owns(*peer):
+        (relaying there would chain allocations into each other, or feed our listeners). A TCP
+        allocation's permission may name our relay ports (a peer connection from another TCP
+        relay of ours: what it accepts goes only to its client, see `OwnAddresses`)."""
+        if self._own_addresses().owns(*peer, with_relays=not tcp):
             raise self._deny(ctx, peer, "Forbidden: the peer is this server")
-        ports = self._peer_ports(ctx.listener, peer[0])
+        ports = self._peer_ports(ctx.listener, peer[0], tcp=tcp)
         if ports is None:
             raise self._deny(ctx, peer)
         return ports, self.access.cluster_for(ctx.listener, peer[0])
@@ -955,9 +962,10 @@ class TurnServer:
         if cap and len(values) > cap:  # refused before any peer is judged: judging costs
             raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "More peers than the permission limit")
         grants = []
+        tcp = alloc in self.tcp_allocations
         for value in values:
             peer = self._peer(alloc, value, msg.transaction_id)
-            ports, cluster = self._judge(ctx, peer)
+            ports, cluster = self._judge(ctx, peer, tcp=tcp)
             grants.append((peer[0], ports, cluster))
         fresh = {ip for ip, _, _ in grants if ip not in alloc.permissions}
         if cap and len(alloc.permissions) + len(fresh) > cap:
@@ -1079,7 +1087,7 @@ class TurnServer:
         peer = self._peer(alloc, raw_peer, msg.transaction_id)
         if peer[1] == 0:
             raise Reject(ErrorCode.BAD_REQUEST, "Peer port 0")
-        ports, cluster = self._judge(ctx, peer)
+        ports, cluster = self._judge_connect(ctx, alloc, peer)
         if peer[1] not in ports:
             raise self._deny(ctx, peer)
         if any(conn.peer == peer for conn in conns.values()):  # connected or connecting
@@ -1098,6 +1106,19 @@ class TurnServer:
         relay: TcpRelayHandle = alloc.relay  # type: ignore[assignment]  # a TCP allocation's
         conn.stream = relay.connect(peer, conn.connection_id)
         return b""
+
+    def _judge_connect(self, ctx: Context, alloc: Allocation, peer: Addr) -> tuple[PortSet, str]:
+        """A Connect's peer: of our own addresses only the relayed transport address of another
+        live TCP allocation (two clients meeting through two TCP relays: neither relay hands
+        what it accepts to anything but its own client, so nothing chains), and only where the
+        clusters allow it; every other own address is 403, as for UDP."""
+        if self._own_addresses().owns(*peer):
+            other = self.tcp_relay_addresses.get(peer)
+            ports = self.access.ports_for(ctx.listener, peer[0])
+            if other is None or other is alloc or ports is None:
+                raise self._deny(ctx, peer, "Forbidden: the peer is this server")
+            return ports, self.access.cluster_for(ctx.listener, peer[0])
+        return self._judge(ctx, peer, tcp=True)
 
     def _connection_bind(
         self, ctx: Context, msg: Message, auth: Authenticated, now: float
@@ -1203,6 +1224,10 @@ class TurnServer:
     def _close_tcp_connections(self, alloc: Allocation) -> None:
         """The allocation ends: so do its peer and data connections (RFC 6062 5.1)."""
         conns = self.tcp_allocations.pop(alloc, None)
+        if conns is not None:
+            key = normalize_peer(alloc.relay.address[:2])
+            if self.tcp_relay_addresses.get(key) is alloc:
+                del self.tcp_relay_addresses[key]
         for conn in list((conns or {}).values()):
             self._close_tcp(conn)
 
@@ -1218,8 +1243,9 @@ class TurnServer:
     def _revalidate_tcp(self, alloc: Allocation) -> None:
         """After a config or DNS change: close the peer connections the rules no longer allow."""
         for conn in list(self.tcp_allocations[alloc].values()):
-            ports = self._peer_ports(alloc.listener, conn.peer[0])
-            if ports is None or conn.peer[1] not in ports or self._own_addresses().owns(*conn.peer):
+            ports = self._peer_ports(alloc.listener, conn.peer[0], tcp=True)
+            own = self._own_addresses().owns(*conn.peer, with_relays=False)
+            if ports is None or conn.peer[1] not in ports or own:
                 self._close_tcp(conn)
 
     # -- responses ----------------------------------------------------------------------------

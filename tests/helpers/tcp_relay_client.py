@@ -145,3 +145,17 @@ async def tcp_echo_peer(host: str = "127.0.0.1") -> AsyncIterator[TcpEchoPeer]:
         for writer in peer.writers:
             writer.close()
         peer.server.close()
+
+
+class TlsTcpRelayClient(TcpRelayClient):
+    """The control connection of one TCP allocation over TURN-TLS."""
+
+    def __init__(self, server: Addr, tls: ssl.SSLContext) -> None:
+        super().__init__(server)
+        self.tls = tls
+
+    async def __aenter__(self) -> TlsTcpRelayClient:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_connection(lambda: self.frames, *self.server, ssl=self.tls)
+        self.stream = transport  # type: ignore[assignment]  # an SSL transport is one
+        return self
