@@ -31,24 +31,40 @@ UNBOUND_CONNECTS = 10
 UNBOUND_ACCEPTS = 10
 SILENT_DATA = 20
 WAIT = 15.0  # the timeouts are 1 s, the sweep runs each second
+SETTLE = 30.0  # the most a descriptor count may take to settle (a loaded CI machine)
+STEADY = 2.0  # settled: unchanged this long, past the 1 s timeouts and the 1 s sweep
+POLL = 0.1
 
 
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def fd_targets(pid: int) -> list[str]:
+    """What the process's descriptors are (for a failure's message)."""
+    found = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+        except OSError:  # closed meanwhile
+            continue
+    return sorted(found)
+
+
 async def settled_fd_count(pid: int, target: int | None = None) -> int:
-    """The process's descriptor count once it stops changing (or reaches `target`)."""
-    last, steady = fd_count(pid), 0
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
+    """The process's descriptor count once it has held for STEADY seconds (at `target`, when
+    given); the last count when it has not within SETTLE seconds. A count sampled once can
+    catch a descriptor on its way in or out (a connection the sweep closes a second later)."""
+    last, since = fd_count(pid), time.monotonic()
+    deadline = since + SETTLE
+    for _ in range(int(SETTLE / POLL)):
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(POLL)
         now = fd_count(pid)
-        if target is not None and now == target:
-            return now
-        steady = steady + 1 if now == last else 0
-        last = now
-        if target is None and steady >= 5:
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= STEADY and (target is None or now == target):
             return now
     return last
 
@@ -84,6 +100,7 @@ def stunnerd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Stunnerd:
 async def test_a_flood_of_half_open_work_leaves_nothing_behind(stunnerd: Stunnerd) -> None:
     pid, server = stunnerd.proc.pid, ("127.0.0.1", stunnerd.port)
     before = await settled_fd_count(pid)
+    before_targets = fd_targets(pid)
     async with AsyncExitStack() as stack:
         peers = [await stack.enter_async_context(tcp_echo_peer()) for _ in range(UNBOUND_CONNECTS)]
         control = await stack.enter_async_context(TcpRelayClient(server))
@@ -125,7 +142,7 @@ async def test_a_flood_of_half_open_work_leaves_nothing_behind(stunnerd: Stunner
             writer.close()
     # the control connection is closed: the allocation and its listening relay socket go
     after = await settled_fd_count(pid, target=before)
-    assert after == before, (before, after)
+    assert after == before, (before, after, before_targets, fd_targets(pid))
 
 
 def test_the_bind_timeout_hook_takes_positive_numbers_only() -> None:
