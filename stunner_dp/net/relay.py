@@ -105,11 +105,9 @@ class RelaySocket:
             self._reading = True
 
     def _hot_reader(self, allocation: Allocation) -> Callable[[], None]:
-        batching = (
-            allocation.link.sendmsg is not None
-            and self._pool.gso
-            and self._sock.family == socket.AF_INET
-        )
+        # GSO segments IPv6 datagrams as it does IPv4 ones (and the link's family, not the
+        # relay's, is the one that sends): every UDP client gets the batching reader.
+        batching = allocation.link.sendmsg is not None and self._pool.gso
         return self._on_readable if batching else self._on_readable_plain
 
     @property
@@ -180,6 +178,7 @@ class RelaySocket:
         pool = self._pool
         buf, view = pool.buffer, pool.view
         peer_channels = alloc.peer_channels
+        ipv6 = self._sock.family == socket.AF_INET6
         off = 0  # bytes of batched frames at the front of buf
         seg = 0  # the size of each batched frame
         count = 0
@@ -190,6 +189,8 @@ class RelaySocket:
                 break
             except OSError:
                 continue  # an ICMP error surfaced on the socket: nothing to relay
+            if ipv6:  # (host, port, flowinfo, scope_id): our tables key on (host, port)
+                peer = (peer[0], peer[1])
             chan = peer_channels.get(peer)
             if chan is None:
                 self._to_client_slow(alloc, peer, bytes(view[off + 4 : off + 4 + size]))
@@ -254,7 +255,7 @@ class RelaySocket:
             self._relay_one_by_one(self.allocation)
 
     def _relay_one_by_one(self, alloc: Allocation) -> None:
-        # Stream clients, IPv6 relays and kernels without GSO: each frame is handed on by itself.
+        # Stream clients and kernels without GSO: each frame is handed on by itself.
         recvfrom_into = self._sock.recvfrom_into
         pool = self._pool
         buf, view, payload_view = pool.buffer, pool.view, pool.payload_view

@@ -10,7 +10,7 @@ from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Addr, Context
 
 from .counters import ListenerCounters
-from .listener import dispatch_stun, send_outputs
+from .listener import dispatch_stun
 from .relay import READ_BATCH, RECV_SIZE
 from .sockets import bind_udp
 
@@ -45,8 +45,9 @@ class UdpListener:
         self._table = server.allocations.setdefault(name, {})
         self._buffer = bytearray(RECV_SIZE)
         self._view = memoryview(self._buffer)
-        ipv6 = sock.family == socket.AF_INET6
-        loop.add_reader(sock.fileno(), self._on_readable_v6 if ipv6 else self._on_readable)
+        # IPv6 sockets (the dual-stack "::" one too) report (host, port, flowinfo, scope_id)
+        self._ipv6 = sock.family == socket.AF_INET6
+        loop.add_reader(sock.fileno(), self._on_readable)
 
     @property
     def port(self) -> int:
@@ -81,6 +82,7 @@ class UdpListener:
         recvfrom_into = self._sock.recvfrom_into
         buf, view = self._buffer, self._view
         table = self._table
+        ipv6 = self._ipv6
         for _ in range(READ_BATCH):
             try:
                 nbytes, client = recvfrom_into(buf)
@@ -88,6 +90,11 @@ class UdpListener:
                 return
             except OSError:
                 continue
+            if ipv6:
+                # Tables key on (host, port): flowinfo is not part of the client's address,
+                # and a link-local host carries its scope in the text ("fe80::1%eth0"), which
+                # sendto reads back. An IPv4 client on "::" stays ::ffff:a.b.c.d throughout.
+                client = (client[0], client[1])
             if nbytes >= 4 and 0x40 <= buf[0] <= 0x7F:
                 alloc = table.get(client)
                 if alloc is not None:
@@ -105,24 +112,6 @@ class UdpListener:
                 self.counters.dropped += 1
                 continue
             self._slow_path(bytes(view[:nbytes]), client)
-
-    def _on_readable_v6(self) -> None:
-        # IPv6 sockets report (host, port, flowinfo, scope_id); tables key on (host, port).
-        # Rare enough in practice to take the plain path for everything.
-        recvfrom = self._sock.recvfrom
-        for _ in range(READ_BATCH):
-            try:
-                data, client6 = recvfrom(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue
-            client = (client6[0], client6[1])
-            if len(data) >= 4 and 0x40 <= data[0] <= 0x7F:
-                ctx = Context(self.name, "udp", client, self)
-                send_outputs(self._server.handle_channel_data(ctx, data), self, self.counters)
-            else:
-                self._slow_path(data, client)
 
     def _slow_path(self, data: bytes, client: Addr) -> None:
         ctx = Context(self.name, "udp", client, self)
