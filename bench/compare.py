@@ -3,12 +3,14 @@
     .venv/bin/python bench/compare.py            # full run (a few minutes)
     .venv/bin/python bench/compare.py --quick    # about one minute
     .venv/bin/python bench/compare.py --quick --only stunner --workers 2
+    .venv/bin/python bench/compare.py --quick --only stunner --ipv6   # all of it over ::1
 
 Starts each server on 127.0.0.1 (a free port, relay ports 20000-32767, one relay thread for
 coturn), pins it to one CPU (``--server-cpu``, default 0) and the load generator to another
 (``--gen-cpu``, default 1), and runs the same rate sweep against both in alternation
 (A B A B ...; a fresh server per round). Prints a table with the stunner-dp/coturn ratios and
-saves a plot and the raw figures under bench/results/.
+saves a plot and the raw figures under bench/results/. ``--ipv6``: the same run on ::1 (server,
+clients, the peer sink, and so IPv6 relays).
 """
 
 from __future__ import annotations
@@ -52,15 +54,16 @@ STUNNERS = (STUNNER, OFFLOAD)
 # -- servers ---------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (outside the relay range)."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host` (outside the relay range)."""
+    family = loadgen.family_of(host)
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
+        with socket.socket(family, socket.SOCK_DGRAM) as u:
+            u.bind((host, 0))
             port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            with socket.socket(family, socket.SOCK_STREAM) as t:
                 try:
-                    t.bind(("127.0.0.1", port))
+                    t.bind((host, port))
                 except OSError:
                     continue
             return port
@@ -68,7 +71,13 @@ def free_port() -> int:
 
 
 def stunner_config(
-    port: int, low: int, high: int, tcp: bool, offload: bool = False, metrics_port: int = 0
+    port: int,
+    low: int,
+    high: int,
+    tcp: bool,
+    offload: bool = False,
+    metrics_port: int = 0,
+    host: str = "127.0.0.1",
 ) -> str:
     listeners = [("udp-listener", "TURN-UDP")] + ([("tcp-listener", "TURN-TCP")] if tcp else [])
     metrics = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else ""
@@ -94,7 +103,7 @@ def stunner_config(
         lines += [
             f"  - name: {name}",
             f"    protocol: {proto}",
-            "    address: 127.0.0.1",
+            f'    address: "{host}"',
             f"    port: {port}",
             f"    min_relay_port: {low}",
             f"    max_relay_port: {high}",
@@ -105,7 +114,7 @@ def stunner_config(
         "  - name: loopback",
         "    type: STATIC",
         "    protocol: UDP",
-        '    endpoints: ["127.0.0.1/32"]',
+        f'    endpoints: ["{host}/{128 if ":" in host else 32}"]',
     ]
     return "\n".join(lines) + "\n"
 
@@ -118,12 +127,12 @@ def default_stunner_cmd() -> str:
     return f"{exe} -c {{config}} -l all:WARNING"
 
 
-def coturn_cmd(port: int, low: int, high: int, tmp: str) -> list[str]:
+def coturn_cmd(port: int, low: int, high: int, tmp: str, host: str = "127.0.0.1") -> list[str]:
     return [
         "turnserver",
         "-n",  # no config file
-        "--listening-ip=127.0.0.1",
-        "--relay-ip=127.0.0.1",
+        f"--listening-ip={host}",
+        f"--relay-ip={host}",
         f"--listening-port={port}",
         f"--min-port={low}",
         f"--max-port={high}",
@@ -155,17 +164,17 @@ def _preexec(cpus: set[int]) -> Callable[[], None]:
     return run
 
 
-def stun_ping(port: int, timeout: float) -> bool:
-    """True once a STUN Binding request to 127.0.0.1:port is answered."""
+def stun_ping(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
+    """True once a STUN Binding request to host:port is answered."""
     req = loadgen.stun.encode_message(
         loadgen.stun.METHOD_BINDING, loadgen.stun.CLASS_REQUEST, os.urandom(12)
     )
     deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    with socket.socket(loadgen.family_of(host), socket.SOCK_DGRAM) as s:
         s.settimeout(0.1)
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError):
-                s.sendto(req, ("127.0.0.1", port))
+                s.sendto(req, (host, port))
                 if s.recv(2048):
                     return True
     return False
@@ -175,10 +184,18 @@ class ServerProc:
     """One server process, pinned, stopped by its PID whatever happens."""
 
     def __init__(
-        self, name: str, argv: list[str], port: int, cpus: set[int], log: Path, cwd: Path = ROOT
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        cpus: set[int],
+        log: Path,
+        cwd: Path = ROOT,
+        host: str = "127.0.0.1",
     ) -> None:
         self.name = name
         self.port = port
+        self.host = host
         self.argv = argv
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
@@ -201,7 +218,7 @@ class ServerProc:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.argv}")
-            if stun_ping(self.port, 0.5):
+            if stun_ping(self.port, 0.5, self.host):
                 return
         raise RuntimeError(f"{self.name} did not answer on port {self.port} in {timeout:.0f} s")
 
@@ -318,16 +335,22 @@ class Options:
     relay_high: int = 32_767
     plot: bool = True
     verbose: bool = True
+    ipv6: bool = False  # server, clients and sink on ::1: IPv6 listener and relays
     out_dir: Path = RESULTS
 
 
+def host_of(opts: Options) -> str:
+    return "::1" if opts.ipv6 else "127.0.0.1"
+
+
 def start_server(name: str, opts: Options, tmp: str) -> ServerProc:
-    port = free_port()
+    host = host_of(opts)
+    port = free_port(host)
     cpus = {opts.server_cpu} if opts.server_cpu is not None else set()
     cwd = ROOT
     log = Path(tmp, f"{name}.log")
     if name == COTURN:
-        argv = coturn_cmd(port, opts.relay_low, opts.relay_high, tmp)
+        argv = coturn_cmd(port, opts.relay_low, opts.relay_high, tmp, host)
     else:
         cfg = Path(tmp, "stunnerd.yaml")
         metrics_port = free_port() if name == OFFLOAD else 0
@@ -339,6 +362,7 @@ def start_server(name: str, opts: Options, tmp: str) -> ServerProc:
                 opts.transport == "tcp",
                 offload=name == OFFLOAD,
                 metrics_port=metrics_port,
+                host=host,
             )
         )
         template = opts.stunner_cmd or default_stunner_cmd()
@@ -359,7 +383,7 @@ def start_server(name: str, opts: Options, tmp: str) -> ServerProc:
         argv = [a.format(config=cfg, port=port) for a in shlex.split(template)]
         if opts.workers:
             argv += ["-u", str(opts.workers)]
-    server = ServerProc(name, argv, port, cpus, log, cwd)
+    server = ServerProc(name, argv, port, cpus, log, cwd, host)
     if name == OFFLOAD:
         server.metrics_port = metrics_port
     try:
@@ -429,7 +453,7 @@ def run_round(gen: Generator, name: str, index: int, opts: Options, tmp: str) ->
     rnd = Round(name, index)
     server = start_server(name, opts, tmp)
     try:
-        addr = ("127.0.0.1", server.port)
+        addr = (server.host, server.port)
         creds = Creds(USER, PASSWORD)
         tcp = opts.transport == "tcp"
         done, failed, secs = gen.setup(addr, creds, opts.clients, tcp=tcp)
@@ -697,7 +721,7 @@ def run(opts: Options) -> dict[str, Any]:
     t0 = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="stunner-bench-") as tmp,
-        Generator(opts.procs, opts.gen_cpus) as gen,
+        Generator(opts.procs, opts.gen_cpus, host_of(opts)) as gen,
     ):
         ceil = gen.ceiling(size=opts.size, duration=opts.ceiling_duration)
         say(
@@ -724,6 +748,7 @@ def run(opts: Options) -> dict[str, Any]:
     result = {
         "command": " ".join(shlex.quote(a) for a in sys.argv),
         "stunner_dp": f"{commit} (git archive)" if opts.ref else f"working tree at {commit}",
+        "family": "IPv6 (::1)" if opts.ipv6 else "IPv4 (127.0.0.1)",
         "seconds": time.monotonic() - t0,
         "ceiling_pps": ceil.delivered_pps,
         "summary": summary,
@@ -734,7 +759,7 @@ def run(opts: Options) -> dict[str, Any]:
         "server_logs_tail": logs,
     }
     (opts.out_dir / f"compare-{stamp}.json").write_text(json.dumps(result, indent=1, default=str))
-    say(f"\nstunner-dp: {result['stunner_dp']}\n" + text)
+    say(f"\nstunner-dp: {result['stunner_dp']}, over {result['family']}\n" + text)
     if png:
         say(f"\nplot: {png}")
     say(f"raw figures: {opts.out_dir / f'compare-{stamp}.json'} ({result['seconds']:.0f} s)")
@@ -786,6 +811,11 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--procs", type=int, default=2, help="generator sender processes")
     p.add_argument("--relay-range", default="20000-32767", help="relay ports LOW-HIGH")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument(
+        "--ipv6",
+        action="store_true",
+        help="server, clients and peer sink on ::1 (IPv6 listener and relays)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="where plot and JSON go")
     a = p.parse_args(argv)
     low, _, high = a.relay_range.partition("-")
@@ -819,6 +849,7 @@ def parse_args(argv: list[str] | None) -> Options:
         relay_high=int(high),
         plot=not a.no_plot,
         out_dir=a.out,
+        ipv6=a.ipv6,
     )
 
 

@@ -159,17 +159,24 @@ def rss_bytes(pid: int) -> int:
 
 
 def udp_drops(port: int) -> int:
-    """The kernel's drop counter of the local UDP socket bound to ``port`` (receive overflow)."""
-    try:
-        with open("/proc/net/udp") as f:
-            lines = f.readlines()[1:]
-    except OSError:
-        return 0
-    for line in lines:
-        parts = line.split()
-        if int(parts[1].split(":")[1], 16) == port:
-            return int(parts[-1])
+    """The kernel's drop counter of the local UDP socket bound to ``port`` (receive overflow),
+    IPv4 or IPv6."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if int(parts[1].rpartition(":")[2], 16) == port:
+                return int(parts[-1])
     return 0
+
+
+def family_of(host: str) -> int:
+    """AF_INET6 for an IPv6 literal (``::1``), AF_INET otherwise."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def socket_drops(pid: int) -> int:
@@ -221,13 +228,13 @@ class Conn:
         self.buf = bytearray()
         self.out = bytearray()
         if tcp:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock = socket.socket(family_of(server[0]), socket.SOCK_STREAM)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(5.0)
             sock.connect(server)  # loopback: done at once
             sock.setblocking(False)
         else:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock = socket.socket(family_of(server[0]), socket.SOCK_DGRAM)
             sock.setblocking(False)
             sock.connect(server)
         self.sock = sock
@@ -501,13 +508,15 @@ class SinkStats:
     latencies_ns: list[int] = field(default_factory=list)
 
 
-def _sink_main(conn: Connection, cpus: list[int] | None, ready: Connection) -> None:
+def _sink_main(
+    conn: Connection, cpus: list[int] | None, ready: Connection, host: str = "127.0.0.1"
+) -> None:
     """The peer: counts (and optionally echoes) what arrives, one-way latency per datagram."""
     pin(cpus)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(family_of(host), socket.SOCK_DGRAM)
     for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((host, 0))
     sock.setblocking(False)
     ready.send(sock.getsockname()[1])
     ep = select.epoll()
@@ -811,9 +820,12 @@ class Generator:
     """Sender processes + a sink process. Use as a context manager; every process it starts is
     stopped (and joined, then killed by PID if need be) on exit."""
 
-    def __init__(self, procs: int = 2, cpus: list[int] | None = None) -> None:
+    def __init__(
+        self, procs: int = 2, cpus: list[int] | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.procs = max(1, procs)
         self.cpus = cpus
+        self.host = host  # the sink's address: "::1" makes the peer (and its relays) IPv6
         self._senders: list[tuple[Any, Connection]] = []
         self._sink: tuple[Any, Connection] | None = None
         self.sink_port = 0
@@ -834,7 +846,9 @@ class Generator:
     def start(self) -> None:
         here, there = _ctx.Pipe()
         ready_r, ready_w = _ctx.Pipe(duplex=False)
-        p = _ctx.Process(target=_sink_main, args=(there, self.cpus, ready_w), daemon=True)
+        p = _ctx.Process(
+            target=_sink_main, args=(there, self.cpus, ready_w, self.host), daemon=True
+        )
         p.start()
         self._sink = (p, here)
         if not ready_r.poll(10):
@@ -872,7 +886,7 @@ class Generator:
 
     @property
     def peer(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.sink_port)
+        return (self.host, self.sink_port)
 
     def _ask_all(self, cmds: list[tuple[Any, ...]], timeout: float) -> list[dict[str, Any]]:
         for (_, pipe), cmd in zip(self._senders, cmds, strict=True):
@@ -1110,8 +1124,9 @@ def fmt_run(r: RunResult) -> str:
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
+    """HOST:PORT, [IPV6]:PORT or :PORT (127.0.0.1)."""
     host, _, port = text.rpartition(":")
-    return (host or "127.0.0.1", int(port))
+    return (host.strip("[]") or "127.0.0.1", int(port))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1137,7 +1152,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cpus = [int(c) for c in args.cpus.split(",") if c] or None
     creds = Creds(args.user, args.password)
-    with Generator(args.procs, cpus) as gen:
+    sink_host = "::1" if family_of(args.server[0]) == socket.AF_INET6 else "127.0.0.1"
+    with Generator(args.procs, cpus, host=sink_host) as gen:  # the peer of the server's family
         if args.ceiling > 0:
             ceil = gen.ceiling(size=args.size, duration=args.ceiling)
             print(f"generator ceiling: {ceil.delivered_pps:.0f} pps into a plain UDP sink")
