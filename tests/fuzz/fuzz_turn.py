@@ -7,12 +7,17 @@ The first byte of an input picks the target, the rest is the datagram:
 - even: the codec. parse_message, every attribute decoder, parse_channel_data and
   stream_frame_length may raise StunError and nothing else.
 - odd: the state machine, as in tests/hostile (OWNER holds an allocation with a permission and
-  a channel). The second byte picks the source (owner or stranger), the listener (UDP or TCP),
-  the entry point (handle_stun or handle_channel_data) and the credentials (static, or
-  ephemeral TURN REST API users, whose usernames carry the expiry the parser must survive).
+  a channel). The second byte picks the source (bit 1: owner or stranger; bit 32: of IPv6),
+  the listener (bit 2: UDP or TCP), the entry point (bit 4: handle_stun or
+  handle_channel_data), the credentials (bit 8: static, or ephemeral TURN REST API users, whose
+  usernames carry the expiry the parser must survive) and the world (bit 16: the IPv6 one of
+  tests/fuzz/ipv6_kit.py, where the listeners offer both families and the owner of the
+  source's family holds an allocation with a channel to an IPv6 peer: the IPv4 OWNER an
+  IPv6-relay one, the IPv6 OWNER6 a dual one).
   Any exception (handle_stun must never raise, nor count an internal error), an unsigned message
-  that changes state, two answers to one request, or an unauthenticated answer with SOFTWARE,
-  a long nonce or more than MAX_RATIO (5.6x) the request's size is a crash.
+  that changes state, two answers to one request, an unauthenticated answer with SOFTWARE,
+  a long nonce or more than MAX_RATIO (5.6x) the request's size, an answer to anyone but the
+  client, or a relay sending to a peer of the other family is a crash.
 
 Seed corpus: tests/fuzz/make_corpus.py writes real messages of every method to corpus/.
 """
@@ -22,22 +27,28 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import atheris
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the helpers package
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/fuzz/: ipv6_kit
 
-with atheris.instrument_imports():
+# Coverage of the code under test only: instrumenting the helpers' imports too (pytest, asyncio,
+# the network shell) cost half the run's time and fed libFuzzer features of no interest.
+with atheris.instrument_imports(
+    include=["stunner_dp.stun", "stunner_dp.turn", "stunner_dp.config"]
+):
     from helpers.hostile_kit import (
         NOW,
-        OWNER,
-        STRANGER,
+        FakeRelay,
         ctx,
         loaded_server,
         snapshot,
         validly_signed,
         validly_signed_rest,
     )
+    from ipv6_kit import loaded_dual_server, owner_of, snapshot_families, source
 
     from stunner_dp import stun
 
@@ -67,6 +78,7 @@ def _codec(data: bytes) -> None:
             stun.decode_requested_transport,
             stun.decode_even_port,
             stun.decode_family,
+            stun.decode_address_error_code,
             stun.decode_text,
         ):
             with contextlib.suppress(stun.StunError):
@@ -74,22 +86,37 @@ def _codec(data: bytes) -> None:
     msg.check_integrity(b"k" * 16)
 
 
+def _families_hold(out: list[Any], client: tuple[str, int]) -> None:
+    """Answers go to the client; a relay sends only to peers of its own family."""
+    for sender, addr, _ in out:
+        if isinstance(sender, FakeRelay):
+            assert (":" in sender.address[0]) == (":" in addr[0]), (sender.address, addr)
+        else:
+            assert addr == client, (addr, client)
+
+
 def _state_machine(selector: int, data: bytes) -> None:
     ephemeral = bool(selector & 8)
-    turn, _ = loaded_server(ephemeral=ephemeral)
-    source = OWNER if selector & 1 else STRANGER
+    if selector & 16:
+        turn = loaded_dual_server(owner_of(selector), ephemeral=ephemeral)
+    else:
+        turn, _ = loaded_server(ephemeral=ephemeral)
+    client = source(selector)
     listener = "tcp" if selector & 2 else "udp"
-    before = snapshot(turn)
+    before = snapshot(turn), snapshot_families(turn)
     if selector & 4:
-        out = turn.handle_channel_data(ctx(source, listener), data)
-        assert snapshot(turn) == before
+        out = turn.handle_channel_data(ctx(client, listener), data)
+        assert (snapshot(turn), snapshot_families(turn)) == before
         assert all(len(payload) <= len(data) - 4 for _, _, payload in out)
+        _families_hold(out, client)
         return
-    out = turn.handle_stun(ctx(source, listener), data, NOW + 1)
+    out = turn.handle_stun(ctx(client, listener), data, NOW + 1)
     assert turn.internal_errors == 0, "handle_stun hit an unexpected exception"
+    _families_hold(out, client)
     signed = validly_signed_rest(data) if ephemeral else validly_signed(data)
     if not signed:
-        assert snapshot(turn) == before, "state changed without MESSAGE-INTEGRITY"
+        after = snapshot(turn), snapshot_families(turn)
+        assert after == before, "state changed without MESSAGE-INTEGRITY"
     try:
         msg = stun.parse_message(data)
     except stun.StunError:

@@ -1,7 +1,9 @@
 """Write the fuzz target's seed corpus: real messages of every method (unsigned, signed right,
 signed wrong, bad nonce), Send indications and ChannelData, and requests of TURN REST API users
 with hostile usernames for the ephemeral server, each behind the two selector bytes
-of tests/fuzz/fuzz_turn.py, for both targets and every source/listener/entry combination.
+of tests/fuzz/fuzz_turn.py, for both targets and every source/listener/entry combination; and
+the IPv6 world's seeds (tests/fuzz/ipv6_kit.py: family attributes, IPv6 and odd peers, IPv6
+relayed addresses), from its IPv4 and IPv6 clients over both listeners.
 
     .venv/bin/python tests/fuzz/make_corpus.py       # rewrites tests/fuzz/corpus/
 """
@@ -15,8 +17,40 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/: the helpers package
+sys.path.insert(0, str(HERE))  # tests/fuzz/: ipv6_kit
 
 from helpers.hostile_kit import NOW, OWNER, corpus, ctx, new_server, rest_corpus  # noqa: E402
+from ipv6_kit import (  # noqa: E402
+    OWNER6,
+    channel_data_seeds,
+    ipv6_corpus,
+    new_dual_server,
+    nonce_of,
+)
+
+WORLD6, CLIENT6, EPHEMERAL = 16, 32, 8  # selector bits of fuzz_turn.py
+
+
+def ipv6_seeds() -> list[bytes]:
+    """Selector byte and message of every IPv6 seed: each IPv6 message for the codec once; for
+    the state machine signed with the nonce of the client it is sent as (IPv4 OWNER or IPv6
+    OWNER6), from it and from the stranger of its family, over UDP and TCP; REST users' from
+    the owners over UDP; the IPv4 corpus from OWNER, whose relay is IPv6 there; ChannelData."""
+    dual = new_dual_server()
+    nonce4, nonce6 = nonce_of(dual, OWNER), nonce_of(dual, OWNER6)
+    seeds: list[bytes] = []
+    for client_bit, nonce in ((0, nonce4), (CLIENT6, nonce6)):
+        base = WORLD6 | client_bit
+        for data in ipv6_corpus(nonce):
+            seeds += [bytes([1, base | s]) + data for s in range(4)]  # source x listener
+            if client_bit:
+                seeds.append(bytes([0, 0]) + data)
+        for data in ipv6_corpus(nonce, ephemeral=True):
+            seeds.append(bytes([1, base | EPHEMERAL | 1]) + data)
+        for data in channel_data_seeds():
+            seeds += [bytes([1, base | 4 | s]) + data for s in (0, 1)]
+    seeds += [bytes([1, WORLD6 | 1]) + data for data in corpus(nonce4)]
+    return seeds
 
 
 def main() -> int:
@@ -32,6 +66,9 @@ def main() -> int:
                 name = hashlib.sha1(seed).hexdigest()[:16]
                 (out / name).write_bytes(seed)
                 count += 1
+    for seed in ipv6_seeds():
+        (out / hashlib.sha1(seed).hexdigest()[:16]).write_bytes(seed)
+        count += 1
     print(f"{count} seeds in {out}")
     return 0
 
