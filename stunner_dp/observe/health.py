@@ -20,7 +20,8 @@ from aiohttp import web
 
 from stunner_dp import __version__
 from stunner_dp.config import StunnerConfig
-from stunner_dp.observe.http import HttpEndpoints, parse_http_endpoint
+from stunner_dp.config.http_endpoint import DEFAULT_HEALTH_PORT, parse_http_endpoint
+from stunner_dp.observe.http import HttpEndpoints
 from stunner_dp.observe.logs import get_logger
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "status_document",
 ]
 
-DEFAULT_HEALTH_PORT = 8086
 PATHS = ("/live", "/ready", "/status")
 
 

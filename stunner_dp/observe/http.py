@@ -28,10 +28,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+
+from stunner_dp.config.http_endpoint import parse_http_endpoint
 
 __all__ = ["Handler", "HttpEndpoints", "parse_http_endpoint"]
 
@@ -130,29 +131,6 @@ class _Admission(asyncio.Protocol):
             self.caps.release(self.ip)
             self.ip = None
             self.inner.connection_lost(exc)
-
-
-def parse_http_endpoint(
-    url: str, default_port: int, default_path: str = "/"
-) -> tuple[str, int, str]:
-    """`http://:8086` -> ("", 8086, "/"); `http://127.0.0.1:8080/metrics` -> ("127.0.0.1",
-    8080, "/metrics"); `[::1]:9000` and `:9000` (no scheme) are accepted. An empty host means
-    every interface. Raises ValueError for anything else."""
-    text = url.strip()
-    if "://" not in text:
-        text = "http://" + text
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", ""):
-        raise ValueError(f"{url!r}: only http:// endpoints are served")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{url!r}: the port is not a number in 0-65535") from None
-    host = parts.hostname or ""
-    path = parts.path or default_path
-    if not path.startswith("/"):
-        path = "/" + path
-    return host, default_port if port is None else port, path
 
 
 @dataclass

@@ -61,7 +61,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from stunner_dp.observe.http import HttpEndpoints, parse_http_endpoint
+from stunner_dp.config.http_endpoint import (
+    DEFAULT_METRICS_PATH,
+    DEFAULT_METRICS_PORT,
+    parse_http_endpoint,
+)
+from stunner_dp.observe.http import HttpEndpoints
 from stunner_dp.observe.logs import get_logger
 from stunner_dp.observe.stats import Figures, Kind, StatsSnapshot, figure, widest
 
@@ -80,8 +85,6 @@ __all__ = [
 StatsSource = Callable[[], StatsSnapshot]
 Refresh = Callable[[], Awaitable[None]]
 
-DEFAULT_METRICS_PORT = 8080
-DEFAULT_METRICS_PATH = "/metrics"
 # Always the classic text format, whatever the Accept header asks: in OpenMetrics the counter
 # stunner_listener_connections_total and the gauge stunner_listener_connections would be one
 # family name twice (stunnerd's Go exporter serves the text format too).

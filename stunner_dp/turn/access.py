@@ -32,6 +32,7 @@ from stunner_dp.config.endpoints import (
     net_of_key,
     parse_endpoint,
 )
+from stunner_dp.config.http_endpoint import admin_http_ports
 from stunner_dp.config.model import ClusterConfig, StunnerConfig
 
 __all__ = [
@@ -577,7 +578,9 @@ class OwnAddresses:
         cls, config: StunnerConfig, ips: Iterable[str] = (), ports: Iterable[int] = ()
     ) -> OwnAddresses:
         ranges = [(p, p) for p in ports]  # relays in use
-        service: list[tuple[int, int]] = []
+        # the metrics and health servers listen on every address of the pod: no TCP relay
+        # may Connect to them (a peer reading /metrics or /status through our own relay)
+        service: list[tuple[int, int]] = [(p, p) for p in admin_http_ports(config.admin)]
         addresses = list(ips)
         for lis in config.listeners:
             service.append((lis.port, lis.port))

@@ -28,6 +28,7 @@ from stunner_dp.testing import (
     DEFAULT_PASSWORD,
     DEFAULT_USERNAME,
     TurnServerHandle,
+    free_port,
     relay_window,
     start_turn_server,
 )
@@ -129,3 +130,21 @@ async def test_two_servers_never_share_a_tcp_relay_port() -> None:
         # the first one's relay closed: its claim went with it
         async with TcpRelayClient(second.address) as b:
             assert (await b.allocate_tcp(DEFAULT_USERNAME, DEFAULT_PASSWORD))[1] == low
+
+
+async def test_the_metrics_and_health_ports_are_no_peers_for_a_tcp_allocation() -> None:
+    """Relay ports are allowed TCP peers now, so the daemon's own HTTP ports must be named:
+    they listen on every address of the pod, and a Connect there would read /metrics or
+    /status through our relay (before: the server tried, and answered 447 for a closed port)."""
+    metrics_port, health_port = free_port(), free_port()
+    admin = {
+        "name": "own-http",
+        "loglevel": "all:INFO",
+        "metrics_endpoint": f"http://:{metrics_port}/metrics",
+        "healthcheck_endpoint": f"http://0.0.0.0:{health_port}",
+    }
+    async with tcp_server(admin=admin) as ts, TcpRelayClient(ts.address) as client:
+        await client.allocate_tcp(DEFAULT_USERNAME, DEFAULT_PASSWORD)
+        for port in (metrics_port, health_port):
+            assert error_code(await client.connect_peer(("127.0.0.1", port))) == 403, port
+            assert error_code(await client.create_permission(("127.0.0.1", port))) == 403, port
