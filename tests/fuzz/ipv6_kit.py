@@ -272,6 +272,7 @@ def channel_data_seeds() -> list[bytes]:
     ]
 
 
-def nonce_of(turn: TurnServer, client: Addr) -> str:
-    c: Context = ctx(client)
+def nonce_of(turn: TurnServer, client: Addr, listener: str = "udp") -> str:
+    """The nonce `client` gets over `listener` (nonces are bound to the transport address)."""
+    c: Context = ctx(client, listener)
     return turn.nonce_for(c, NOW)

@@ -26,30 +26,31 @@ from ipv6_kit import (  # noqa: E402
     ipv6_corpus,
     new_dual_server,
     nonce_of,
+    source,
 )
 
 WORLD6, CLIENT6, EPHEMERAL = 16, 32, 8  # selector bits of fuzz_turn.py
 
 
 def ipv6_seeds() -> list[bytes]:
-    """Selector byte and message of every IPv6 seed: each IPv6 message for the codec once; for
-    the state machine signed with the nonce of the client it is sent as (IPv4 OWNER or IPv6
-    OWNER6), from it and from the stranger of its family, over UDP and TCP; REST users' from
-    the owners over UDP; the IPv4 corpus from OWNER, whose relay is IPv6 there; ChannelData."""
+    """Selector byte and message of every IPv6 seed: for the state machine, each source of
+    either family (owner, stranger) over UDP and TCP, signed with the nonce that source got
+    there (so a stranger's Allocate and a TCP one succeed too); REST users' from the owners
+    over UDP; ChannelData; the IPv4 corpus from OWNER, whose relay is IPv6 there; and each IPv6
+    message for the codec once."""
     dual = new_dual_server()
-    nonce4, nonce6 = nonce_of(dual, OWNER), nonce_of(dual, OWNER6)
     seeds: list[bytes] = []
-    for client_bit, nonce in ((0, nonce4), (CLIENT6, nonce6)):
+    for client_bit in (0, CLIENT6):
         base = WORLD6 | client_bit
-        for data in ipv6_corpus(nonce):
-            seeds += [bytes([1, base | s]) + data for s in range(4)]  # source x listener
-            if client_bit:
-                seeds.append(bytes([0, 0]) + data)
-        for data in ipv6_corpus(nonce, ephemeral=True):
-            seeds.append(bytes([1, base | EPHEMERAL | 1]) + data)
-        for data in channel_data_seeds():
-            seeds += [bytes([1, base | 4 | s]) + data for s in (0, 1)]
-    seeds += [bytes([1, WORLD6 | 1]) + data for data in corpus(nonce4)]
+        for s in range(4):  # source x listener
+            selector = base | s
+            nonce = nonce_of(dual, source(selector), "tcp" if s & 2 else "udp")
+            seeds += [bytes([1, selector]) + data for data in ipv6_corpus(nonce)]
+        nonce = nonce_of(dual, source(base | 1))
+        seeds += [bytes([1, base | EPHEMERAL | 1]) + m for m in ipv6_corpus(nonce, ephemeral=True)]
+        seeds += [bytes([1, base | 4 | s]) + data for data in channel_data_seeds() for s in (0, 1)]
+    seeds += [bytes([0, 0]) + data for data in ipv6_corpus(nonce_of(dual, OWNER6))]
+    seeds += [bytes([1, WORLD6 | 1]) + data for data in corpus(nonce_of(dual, OWNER))]
     return seeds
 
 
