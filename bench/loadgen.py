@@ -356,10 +356,13 @@ class Client:
 
     def build(self, creds: Creds) -> bytes:
         self.tid = os.urandom(12)
-        transport = (stun.ATTR_REQUESTED_TRANSPORT, stun.encode_requested_transport(17))
+        transport = [(stun.ATTR_REQUESTED_TRANSPORT, stun.encode_requested_transport(17))]
+        if ":" in self.peer[0]:  # an IPv6 peer needs an IPv6 relay (RFC 6156: IPv4 by default)
+            family = stun.encode_family(stun.FAMILY_IPV6)
+            transport.append((stun.ATTR_REQUESTED_ADDRESS_FAMILY, family))
         if self.step == STEP_ALLOC_401:
             return stun.encode_message(
-                stun.METHOD_ALLOCATE, stun.CLASS_REQUEST, self.tid, [transport]
+                stun.METHOD_ALLOCATE, stun.CLASS_REQUEST, self.tid, transport
             )
         auth = [
             (stun.ATTR_USERNAME, creds.username.encode()),
@@ -368,7 +371,7 @@ class Client:
         ]
         peer = (stun.ATTR_XOR_PEER_ADDRESS, stun.encode_xor_address(self.peer, self.tid))
         if self.step == STEP_ALLOC:
-            method, attrs = stun.METHOD_ALLOCATE, [transport, *auth]
+            method, attrs = stun.METHOD_ALLOCATE, [*transport, *auth]
         elif self.step == STEP_PERM:
             method, attrs = stun.METHOD_CREATE_PERMISSION, [peer, *auth]
         else:
