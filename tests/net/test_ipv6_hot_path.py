@@ -6,7 +6,9 @@ socket (IPv4 clients seen as ::ffff:127.0.0.1). Client to peer, ChannelData is j
 by `UdpListener` as on IPv4: a frame on a channel the client has not bound, one longer than
 its datagram, one from an address without an allocation are each dropped *and counted*.
 Peer to client, an IPv6 relay batches a burst (GSO) like an IPv4 one; a permitted peer
-without a channel still gets a Data indication, a stranger is dropped and counted.
+without a channel still gets a Data indication, one without a permission is dropped and counted.
+Over its bandwidth cap an IPv6 allocation is diverted off both hot paths, and put back on them
+(the batching reader included) once it is under the cap again.
 """
 
 from __future__ import annotations
@@ -234,3 +236,108 @@ async def test_ipv6_peer_without_channel_gets_a_data_indication(setup: str) -> N
         finally:
             assert other.transport is not None
             other.transport.close()
+
+
+# -- the bandwidth cap (net/bandwidth.py) diverts IPv6 relays off the hot paths and back -------
+
+CAP = 200_000  # bytes/s per user and direction
+PAYLOAD = 1000
+
+
+async def pace(send: Callable[[], None], rate: float, seconds: float) -> float:
+    """PAYLOAD-byte datagrams at `rate` bytes/s for `seconds` (bounded); the time taken."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    sent = 0
+    for _ in range(int(seconds / 0.005) + 10):
+        elapsed = loop.time() - start
+        if elapsed >= seconds:
+            break
+        while sent < rate * elapsed:
+            send()
+            sent += PAYLOAD
+        await asyncio.sleep(0.005)
+    return loop.time() - start
+
+
+def drain(c: RawTurnClient) -> int:
+    """Bytes of ChannelData payload the client has received (and not read) so far."""
+    got = 0
+    while not c.proto.unsolicited.empty():
+        got += len(c.proto.unsolicited.get_nowait()) - 4
+    return got
+
+
+@pytest.mark.parametrize("direction", ["to_peer", "to_client"])
+async def test_ipv6_user_over_the_cap_then_back_on_the_hot_path(direction: str) -> None:
+    """Over its cap, an IPv6 allocation gets about the cap through and the excess is counted;
+    back under it, everything goes through again, and peer bursts leave in batches again."""
+    admin = {
+        "name": "ipv6-cap",
+        "loglevel": "all:WARNING",
+        "metrics_endpoint": "",
+        "healthcheck_endpoint": "",
+        "user_bandwidth": CAP,
+    }
+    to_peer = direction == "to_peer"
+    peer = await open_peer("::1")
+    try:
+        async with (
+            start_turn_server(
+                host="::1", protocols=("TURN-UDP",), endpoints=["::1"], admin=admin
+            ) as ts,
+            RawTurnClient(("::1", ts.port)) as c,
+        ):
+            relayed = await allocate(c, ts, "ipv6")
+            assert error_code(await c.channel_bind(CH, peer.address)) == 0
+            payload = b"x" * PAYLOAD
+
+            def send() -> None:
+                if to_peer:
+                    c.send_raw(channel_data(CH, payload))
+                else:
+                    peer.sendto(payload, relayed)
+
+            took = await pace(send, 3 * CAP, 1.5)
+            await settle(c)
+            await asyncio.sleep(0.2)
+            sent = int(3 * CAP * took) // PAYLOAD * PAYLOAD
+            got = sum(map(len, payloads(peer))) if to_peer else drain(c)
+            stats = ts.server.stats()
+            dropped = stats.bandwidth.tx_bytes if to_peer else stats.bandwidth.rx_bytes
+            allowed = CAP + CAP * took  # the burst, then the rate
+            assert 0.6 * allowed <= got <= 1.3 * allowed + 0.5 * CAP, (got, allowed, sent)
+            assert dropped >= 0.8 * (sent - got), (dropped, sent, got)
+            assert await until(lambda: ts.server.stats().bandwidth.capped_users == 0, 10.0)
+            peer.got.clear()
+            for _ in range(10):
+                send()
+                await asyncio.sleep(0.02)
+            await settle(c)
+            if to_peer:
+                assert await until(lambda: len(peer.got) == 10), len(peer.got)
+            else:
+                assert await until(lambda: c.proto.unsolicited.qsize() == 10)
+                drain(c)
+            pool = ts.server.relays
+            assert pool is not None
+            if to_peer or not pool.gso:
+                return
+            lst = listener(ts)
+            real_sendmsg = lst.sendmsg
+            assert real_sendmsg is not None
+            batches: list[int] = []
+
+            def counting_sendmsg(buffers: Any, ancdata: Any, flags: int, address: Any) -> int:
+                batches.append(len(buffers[0]))
+                return real_sendmsg(buffers, ancdata, flags, address)
+
+            lst.sendmsg = counting_sendmsg
+            for _ in range(16):  # well under the cap's burst; read in one wake-up
+                peer.sendto(b"b" * 100, relayed)
+            got_frames = [await c.next_unsolicited(TIMEOUT) for _ in range(16)]
+            assert got_frames == [channel_data(CH, b"b" * 100)] * 16
+            assert 0 < len(batches) < 16, batches
+    finally:
+        assert peer.transport is not None
+        peer.transport.close()
