@@ -21,7 +21,7 @@ import asyncio
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +30,7 @@ import pytest
 from helpers.hostile_kit import PeerSocket, open_peer
 from helpers.stream_turnclient import StreamTurnClient
 from helpers.turnclient import RawTurnClient, error_code
+from helpers.waits import until
 
 from stunner_dp import stun
 from stunner_dp.offload import offload_unavailable_reason
@@ -109,16 +110,6 @@ async def settle(c: Client) -> None:
     answer = await c.request(stun.METHOD_BINDING, auth=False)
     assert answer.cls == stun.CLASS_SUCCESS
     await asyncio.sleep(0.05)
-
-
-async def until(pred: Callable[[], bool], timeout: float = 3.0) -> bool:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        if pred():
-            return True
-        await asyncio.sleep(0.01)
-    return pred()
 
 
 def payloads(peer: PeerSocket) -> list[bytes]:

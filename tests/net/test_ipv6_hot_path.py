@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from helpers.hostile_kit import PeerSocket, open_peer
 from helpers.turnclient import RawTurnClient, error_code, udp_transport
+from helpers.waits import until
 
 from stunner_dp import stun
 from stunner_dp.net.relay import RelaySocket
@@ -104,16 +105,6 @@ def the_relay(ts: TurnServerHandle) -> RelaySocket:
 def channel_data(number: int, payload: bytes, length: int | None = None) -> bytes:
     """A ChannelData frame as given: `length` may lie about the payload."""
     return struct.pack("!HH", number, len(payload) if length is None else length) + payload
-
-
-async def until(pred: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        if pred():
-            return True
-        await asyncio.sleep(0.01)
-    return pred()
 
 
 async def settle(c: RawTurnClient) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from conftest import require_offload
 from helpers.hostile_kit import UdpTurn, code, open_peer, relayed
+from helpers.waits import until
 
 from stunner_dp import stun
 from stunner_dp.config import parse_config
@@ -69,16 +70,6 @@ def channel(ts: TurnServerHandle, number: int = CH) -> Channel:
     assert turn is not None
     [alloc] = list(turn.all_allocations())
     return alloc.bindings[number]
-
-
-async def until(pred: Any, timeout: float = 3.0) -> bool:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        if pred():
-            return True
-        await asyncio.sleep(0.01)
-    return bool(pred())
 
 
 async def settle(c: UdpTurn) -> None:
