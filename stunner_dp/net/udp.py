@@ -91,9 +91,9 @@ class UdpListener:
             except OSError:
                 continue
             if ipv6:
-                # Tables key on (host, port): flowinfo is not part of the client's address,
-                # and a link-local host carries its scope in the text ("fe80::1%eth0"), which
-                # sendto reads back. An IPv4 client on "::" stays ::ffff:a.b.c.d throughout.
+                # Tables key on (host, port): flowinfo is not part of the client's address.
+                # A link-local client's scope id is dropped too (replies then leave by the
+                # route's interface). An IPv4 client on "::" stays ::ffff:a.b.c.d throughout.
                 client = (client[0], client[1])
             if nbytes >= 4 and 0x40 <= buf[0] <= 0x7F:
                 alloc = table.get(client)
