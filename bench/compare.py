@@ -336,6 +336,7 @@ class Options:
     plot: bool = True
     verbose: bool = True
     ipv6: bool = False  # server, clients and sink on ::1: IPv6 listener and relays
+    tick_us: int = 1000  # the generator's pacing period (one burst per tick)
     out_dir: Path = RESULTS
 
 
@@ -721,7 +722,7 @@ def run(opts: Options) -> dict[str, Any]:
     t0 = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="stunner-bench-") as tmp,
-        Generator(opts.procs, opts.gen_cpus, host_of(opts)) as gen,
+        Generator(opts.procs, opts.gen_cpus, host_of(opts), opts.tick_us) as gen,
     ):
         ceil = gen.ceiling(size=opts.size, duration=opts.ceiling_duration)
         say(
@@ -749,6 +750,7 @@ def run(opts: Options) -> dict[str, Any]:
         "command": " ".join(shlex.quote(a) for a in sys.argv),
         "stunner_dp": f"{commit} (git archive)" if opts.ref else f"working tree at {commit}",
         "family": "IPv6 (::1)" if opts.ipv6 else "IPv4 (127.0.0.1)",
+        "tick_us": opts.tick_us,
         "seconds": time.monotonic() - t0,
         "ceiling_pps": ceil.delivered_pps,
         "summary": summary,
@@ -816,6 +818,13 @@ def parse_args(argv: list[str] | None) -> Options:
         action="store_true",
         help="server, clients and peer sink on ::1 (IPv6 listener and relays)",
     )
+    p.add_argument(
+        "--tick-us",
+        type=int,
+        default=1000,
+        help="the generator's pacing period in µs (one burst per period; default 1000): "
+        "how long a server sleeps between wake-ups at the same rate",
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="where plot and JSON go")
     a = p.parse_args(argv)
     low, _, high = a.relay_range.partition("-")
@@ -850,6 +859,7 @@ def parse_args(argv: list[str] | None) -> Options:
         plot=not a.no_plot,
         out_dir=a.out,
         ipv6=a.ipv6,
+        tick_us=a.tick_us,
     )
 
 

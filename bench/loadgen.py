@@ -44,7 +44,7 @@ except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from stunner_dp import stun
 
-TICK_NS = 1_000_000  # pacing period: one burst per millisecond
+TICK_NS = 1_000_000  # pacing period: one burst per millisecond (Generator(tick_us=) changes it)
 DRAIN_S = 0.25  # time allowed for the last packets of a run to arrive
 RTO_S = 0.5  # handshake retransmission timeout
 MAX_TRIES = 5  # handshake transmissions per request before the client gives up
@@ -722,7 +722,7 @@ def _run(
             idx += 1
             if idx == n:
                 idx = 0
-        # The next 1 ms boundary after now. (Adding TICK_NS per pass ran ahead whenever a pass
+        # The next tick boundary after now. (Adding TICK_NS per pass ran ahead whenever a pass
         # ended early on an echo, so the poll then slept through sends that were due and the
         # backlog left as one large burst, inflating round-trip times.)
         next_tick = start_ns + ((now - start_ns) // TICK_NS + 1) * TICK_NS
@@ -824,11 +824,18 @@ class Generator:
     stopped (and joined, then killed by PID if need be) on exit."""
 
     def __init__(
-        self, procs: int = 2, cpus: list[int] | None = None, host: str = "127.0.0.1"
+        self,
+        procs: int = 2,
+        cpus: list[int] | None = None,
+        host: str = "127.0.0.1",
+        tick_us: int = TICK_NS // 1000,
     ) -> None:
         self.procs = max(1, procs)
         self.cpus = cpus
         self.host = host  # the sink's address: "::1" makes the peer (and its relays) IPv6
+        # the senders' pacing period: the same rate in fewer, larger bursts (or the reverse),
+        # so a server sleeps longer (or shorter) between wake-ups
+        self.tick_us = max(1, tick_us)
         self._senders: list[tuple[Any, Connection]] = []
         self._sink: tuple[Any, Connection] | None = None
         self.sink_port = 0
@@ -847,6 +854,8 @@ class Generator:
         self.close()
 
     def start(self) -> None:
+        global TICK_NS
+        TICK_NS = self.tick_us * 1000  # the forked senders inherit it
         here, there = _ctx.Pipe()
         ready_r, ready_w = _ctx.Pipe(duplex=False)
         p = _ctx.Process(
