@@ -109,7 +109,7 @@ class Server:
         )
         self._turn.draining = self._draining
         # RFC 6062 TCP relays for Allocates over TCP/TLS with REQUESTED-TRANSPORT TCP
-        self._turn.tcp_relays = TcpRelayPool(
+        self._turn.tcp.relays = TcpRelayPool(
             self._loop, self._turn, self.relays, self.process_events, time.time
         )
         self._turn.set_host_addresses(host_addresses())  # ours too: no config names them
@@ -387,7 +387,7 @@ class Server:
         for alloc in turn.all_allocations():
             for t in alloc.traffic():
                 add(alloc.listener, t)
-        for conn in turn.tcp_connections.values():  # RFC 6062 peer connections still open
+        for conn in turn.tcp.connections.values():  # RFC 6062 peer connections still open
             add(conn.allocation.listener, conn.traffic)
 
         def listener_stats(name: str, relayed: list[int] | None) -> ListenerStats:

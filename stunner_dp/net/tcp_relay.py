@@ -87,7 +87,7 @@ class TcpRelayPool:
         self.held: set[tuple[int, str, int]] = set()  # (family, bind ip, port) listening here
         self.peers: set[PeerConnection] = set()  # every live peer connection (tests, stop)
         self.exhausted = 0
-        server.tcp_bind_timeout = bind_timeout_from_env(server.tcp_bind_timeout)
+        server.tcp.bind_timeout = bind_timeout_from_env(server.tcp.bind_timeout)
 
     def open_tcp(self, listener: ListenerConfig, family: int) -> TcpRelay | None:
         af = socket.AF_INET6 if family == FAMILY_IPV6 else socket.AF_INET
@@ -270,7 +270,7 @@ class TcpRelay:
                 continue
             conn = PeerConnection(self, 0, peer, outgoing=False)
             conn.admitted = True
-            verdict = pool.server.tcp_accepted(alloc, peer, conn, pool.now())
+            verdict = pool.server.tcp.accepted(alloc, peer, conn, pool.now())
             if verdict is None:  # no permission, over the cap, or the allocation is gone
                 conn.admitted = False
                 gate.release_total()
@@ -391,7 +391,7 @@ class PeerConnection(asyncio.Protocol):
             self.transport.pause_reading()  # until ConnectionBind
         if self.outgoing:
             server = self.pool.server
-            self.pool.send(server.tcp_connected(self.connection_id, self.pool.now()), self.listener)
+            self.pool.send(server.tcp.connected(self.connection_id, self.pool.now()), self.listener)
 
     # -- PeerStream ---------------------------------------------------------------------------
 
@@ -399,7 +399,7 @@ class PeerConnection(asyncio.Protocol):
         data = cast(StreamConnection, data_link)
         self.data = data
         data.raw_link = self
-        record = self.pool.server.tcp_connections.get(self.connection_id)
+        record = self.pool.server.tcp.connections.get(self.connection_id)
         if record is not None:
             self.traffic = record.traffic
         self.counters = self.pool.relays.counters.get(self.listener) or self.counters
@@ -494,7 +494,7 @@ class PeerConnection(asyncio.Protocol):
         if data is not None:
             data.raw_link = None
             data.abort()
-        self.pool.send(self.pool.server.tcp_closed(self.connection_id), self.listener)
+        self.pool.send(self.pool.server.tcp.closed(self.connection_id), self.listener)
 
     def _release(self) -> None:
         if self.admitted:

@@ -8,12 +8,9 @@ Media takes the shell's hot path instead (see `allocation.py`); `handle_channel_
 from __future__ import annotations
 
 import dataclasses
-import functools
-import ipaddress
-import math
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from stunner_dp import stun
@@ -31,6 +28,7 @@ from stunner_dp.turn.auth import (
     nonce_binding,
     quota_user,
 )
+from stunner_dp.turn.families import address_family, normalize_peer, relay_families
 from stunner_dp.turn.ratelimit import (
     AuthFailureLimiter,
     Limits,
@@ -38,18 +36,17 @@ from stunner_dp.turn.ratelimit import (
     UnauthLimiter,
     Verdict,
 )
+from stunner_dp.turn.requests import Authenticated, Handler, Reject
+from stunner_dp.turn.tcp_allocations import TcpAllocations
 from stunner_dp.turn.types import (
+    STREAM_TRANSPORTS,
     Addr,
     Context,
     DiscoveryLinks,
     Output,
-    PeerStream,
     RelayFactory,
     RelayHandle,
     Sink,
-    TcpRelayFactory,
-    TcpRelayHandle,
-    Transport,
 )
 
 DEFAULT_LIFETIME = 600
@@ -59,29 +56,6 @@ STUN_ONLY = "none"  # auth.type of STUNner's STUN server mode
 # RFC 8656 narrowed channel numbers to 0x4000-0x4FFF; RFC 5766 clients (coturn's uclient among
 # them) pick from 0x4000-0x7FFF, and pion/turn (STUNner), coturn and libwebrtc accept it all.
 CHANNEL_MAX = 0x7FFF
-# ChannelData is padded to 4 bytes on streams
-STREAM_TRANSPORTS = frozenset({Transport.TCP, Transport.TLS})
-# RFC 6062: a Connect's peer has this long to answer; a peer connection this long to be bound
-TCP_CONNECT_TIMEOUT = 30.0
-TCP_BIND_TIMEOUT = 30.0
-
-
-class Reject(Exception):
-    """Ends a request handler with an error response."""
-
-    def __init__(
-        self, code: ErrorCode, reason: str = "", attrs: list[tuple[int, bytes]] | None = None
-    ) -> None:
-        super().__init__(code, reason)
-        self.code = code
-        self.reason = reason or code.reason
-        self.attrs = attrs or []
-
-
-@dataclass(slots=True, frozen=True)
-class Authenticated:
-    username: str
-    key: bytes
 
 
 @dataclass(slots=True, frozen=True)
@@ -101,56 +75,6 @@ class AllocateRequest:
     additional: bool = False  # ADDITIONAL-ADDRESS-FAMILY: an IPv6 relay too (dual allocation)
 
 
-@dataclass(slots=True, eq=False)
-class TcpPeerConnection:
-    """One peer connection of a TCP allocation (RFC 6062), from the Connect or the accept
-    that began it until it closes."""
-
-    connection_id: int
-    allocation: Allocation
-    peer: Addr
-    deadline: float  # Connect: its answer is due; accepted or connected: ConnectionBind is due
-    stream: PeerStream | None = None
-    # a Connect still waiting for its peer: the request to answer, and the key to sign it with
-    pending: tuple[Context, Message, bytes] | None = None
-    bound: bool = False
-    # the bytes relayed (the shell counts them; raw, so not `framed`): the peer's cluster's
-    # figures, and the allocation's totals once it closes
-    traffic: Traffic = dataclasses.field(default_factory=lambda: Traffic(""))
-
-
-@functools.lru_cache(maxsize=256)
-def listener_family(listener: ListenerConfig) -> int:
-    try:
-        version = ipaddress.ip_address(listener.address or "0.0.0.0").version
-    except ValueError:
-        version = 4
-    return stun.FAMILY_IPV6 if version == 6 else stun.FAMILY_IPV4
-
-
-@functools.lru_cache(maxsize=256)
-def relay_families(listener: ListenerConfig) -> frozenset[int]:
-    """The relay families a listener offers: its address's, and the other one as well with
-    `additional_address` or a dual-stack `address: "::"` (RFC 6156, RFC 8656 dual stack)."""
-    if listener.additional_address or listener.address == "::":
-        return frozenset((stun.FAMILY_IPV4, stun.FAMILY_IPV6))
-    return frozenset((listener_family(listener),))
-
-
-def address_family(ip: str) -> int:
-    return stun.FAMILY_IPV6 if ":" in ip else stun.FAMILY_IPV4
-
-
-def normalize_peer(addr: Addr) -> Addr:
-    """An IPv4-mapped IPv6 peer (::ffff:a.b.c.d) is that IPv4 peer, for rules and for sending."""
-    ip = addr[0]
-    if ip.startswith("::ffff:"):  # the codec writes them in hex: ::ffff:7f00:1
-        mapped = ipaddress.IPv6Address(ip).ipv4_mapped
-        if mapped is not None:
-            return (str(mapped), addr[1])
-    return addr
-
-
 # What a challenge offers (our order of preference) and what a request may pick from it.
 OFFERED_PASSWORD_ALGORITHMS = stun.encode_password_algorithms(
     [(alg, b"") for alg in OFFERED_ALGORITHMS]
@@ -164,11 +88,6 @@ def _signed_with(msg: Message, key: bytes) -> bool:
     if msg.integrity_sha256_offset >= 0:
         return msg.check_integrity_sha256(key)
     return msg.check_integrity(key)
-
-
-# A handler returns the success response's attributes, or a whole response already encoded
-# (an Allocate keeps its own, to answer a retransmission byte for byte).
-Handler = Callable[[Context, Message, Authenticated, float], list[tuple[int, bytes]] | bytes]
 
 
 class TurnServer:
@@ -209,23 +128,16 @@ class TurnServer:
         self.auth_limiter = AuthFailureLimiter(
             config.admin.auth_failures_per_user, limits=self.limits
         )
+        # RFC 6062: the TCP allocations, their peer connections and the shell's TCP relays
+        self.tcp = TcpAllocations(self)
         self._handlers: dict[int, Handler] = {
             stun.METHOD_ALLOCATE: self._allocate,
             stun.METHOD_REFRESH: self._refresh,
             stun.METHOD_CREATE_PERMISSION: self._create_permission,
             stun.METHOD_CHANNEL_BIND: self._channel_bind,
-            stun.METHOD_CONNECT: self._connect,
-            stun.METHOD_CONNECTION_BIND: self._connection_bind,
+            stun.METHOD_CONNECT: self.tcp.connect,
+            stun.METHOD_CONNECTION_BIND: self.tcp.connection_bind,
         }
-        # RFC 6062: the shell's TCP relays (None: REQUESTED-TRANSPORT TCP is 442), the TCP
-        # allocations with their peer connections by id, and every peer connection by id
-        self.tcp_relays: TcpRelayFactory | None = None
-        self.tcp_allocations: dict[Allocation, dict[int, TcpPeerConnection]] = {}
-        self.tcp_connections: dict[int, TcpPeerConnection] = {}
-        # the relayed transport address of each TCP allocation: a Connect may reach those
-        self.tcp_relay_addresses: dict[Addr, Allocation] = {}
-        # seconds a peer connection may wait for its ConnectionBind (the shell may shorten it)
-        self.tcp_bind_timeout = TCP_BIND_TIMEOUT
         self.config = config
         self.credentials = Credentials(config.auth)
         self.access = access or PeerAccess.from_config(config)
@@ -265,14 +177,14 @@ class TurnServer:
         for table in self.allocations.values():
             for alloc in table.values():
                 keep = {}
-                tcp = alloc in self.tcp_allocations
+                tcp = alloc in self.tcp.allocations
                 for ip in alloc.permissions:
                     ports = self._peer_ports(alloc.listener, ip, tcp=tcp)
                     if ports is not None:
                         keep[ip] = ports
                 alloc.revoke(keep)
-                if alloc in self.tcp_allocations:
-                    self._revalidate_tcp(alloc)
+                if alloc in self.tcp.allocations:
+                    self.tcp.revalidate(alloc)
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -361,8 +273,8 @@ class TurnServer:
 
     def expire(self, now: float) -> None:
         """Run the timers: allocations, permissions, channels and port reservations."""
-        if self.tcp_connections:
-            self._expire_tcp(now)
+        if self.tcp.connections:
+            self.tcp.expire(now)
         for token in [t for t, (_, exp) in self.reservations.items() if exp <= now]:
             self.reservations.pop(token)[0].close()
         for table in self.allocations.values():
@@ -393,7 +305,7 @@ class TurnServer:
             del self.user_allocations[alloc.quota_user]
         self.limits.release(alloc.quota_user)
         alloc.release()  # channels stop relaying (in the kernel too) before the counts are summed
-        self._close_tcp_connections(alloc)
+        self.tcp.close_allocation(alloc)
         for relay in alloc.relays:
             relay.attach(None)
             relay.close()
@@ -644,7 +556,7 @@ class TurnServer:
             if not request.tcp:
                 relay, new_token = self._open_relay(ctx, request, now)
             else:
-                relay, new_token = self._open_tcp_relay(request), None
+                relay, new_token = self.tcp.open_relay(request.listener, request.family), None
             if request.dont_fragment:
                 self._dont_fragment(ctx, relay, new_token)
         except BaseException:
@@ -684,7 +596,7 @@ class TurnServer:
         tcp = (
             requested == stun.TRANSPORT_TCP
             and ctx.transport in STREAM_TRANSPORTS
-            and self.tcp_relays is not None
+            and self.tcp.relays is not None
         )
         if requested != stun.TRANSPORT_UDP and not tcp:
             raise Reject(ErrorCode.UNSUPPORTED_TRANSPORT_PROTOCOL)
@@ -824,8 +736,7 @@ class TurnServer:
             self._own_relay(each.address)
         self.allocations[ctx.listener][ctx.client] = alloc
         if request.tcp:
-            self.tcp_allocations[alloc] = {}
-            self.tcp_relay_addresses[normalize_peer(relay.address[:2])] = alloc
+            self.tcp.add_allocation(alloc)
         self.user_allocations[request.quota_user] += 1
         attrs = [
             (
@@ -962,7 +873,7 @@ class TurnServer:
         if cap and len(values) > cap:  # refused before any peer is judged: judging costs
             raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "More peers than the permission limit")
         grants = []
-        tcp = alloc in self.tcp_allocations
+        tcp = alloc in self.tcp.allocations
         for value in values:
             peer = self._peer(alloc, value, msg.transaction_id)
             ports, cluster = self._judge(ctx, peer, tcp=tcp)
@@ -978,7 +889,7 @@ class TurnServer:
         self, ctx: Context, msg: Message, auth: Authenticated, now: float
     ) -> list[tuple[int, bytes]]:
         alloc = self._allocation(ctx, auth)
-        if alloc in self.tcp_allocations:  # RFC 6062 5.1: no channels on a TCP relay
+        if alloc in self.tcp.allocations:  # RFC 6062 5.1: no channels on a TCP relay
             raise Reject(ErrorCode.BAD_REQUEST, "ChannelBind on a TCP allocation")
         raw_number = msg.get(stun.ATTR_CHANNEL_NUMBER)
         raw_peer = msg.get(stun.ATTR_XOR_PEER_ADDRESS)
@@ -1017,7 +928,7 @@ class TurnServer:
     def _send_indication(self, ctx: Context, msg: Message) -> list[Output]:
         alloc = self.allocations.get(ctx.listener, {}).get(ctx.client)
         raw_peer, data = msg.get(stun.ATTR_XOR_PEER_ADDRESS), msg.get(stun.ATTR_DATA)
-        if alloc is None or raw_peer is None or data is None or alloc in self.tcp_allocations:
+        if alloc is None or raw_peer is None or data is None or alloc in self.tcp.allocations:
             return []
         if msg.unknown_required(stun.KNOWN_ATTRIBUTES):  # RFC 8489 14: discard it
             return []
@@ -1033,220 +944,16 @@ class TurnServer:
         perm.out_bytes += len(data)
         return [(relay, peer, data)]
 
-    # -- RFC 6062 TCP relays ------------------------------------------------------------------
-
-    def _open_tcp_relay(self, request: AllocateRequest) -> TcpRelayHandle:
-        assert self.tcp_relays is not None  # `_check_allocate` asked
-        relay = self.tcp_relays.open_tcp(request.listener, request.family)
-        if relay is None:
-            raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "No relay port free")
-        return relay
-
-    def _new_connection_id(self) -> int:
-        while True:  # 2^32 ids, few live: a clash is rare, and it never loops long
-            cid = secrets.randbits(32)
-            if cid and cid not in self.tcp_connections:
-                return cid
-
-    def _add_tcp_connection(self, conn: TcpPeerConnection) -> None:
-        self.tcp_connections[conn.connection_id] = conn
-        self.tcp_allocations[conn.allocation][conn.connection_id] = conn
-
-    def _forget_tcp_connection(self, conn: TcpPeerConnection) -> None:
-        if self.tcp_connections.pop(conn.connection_id, None) is None:
-            return
-        conns = self.tcp_allocations.get(conn.allocation)
-        if conns is not None:
-            conns.pop(conn.connection_id, None)
-        # its counts stay in the allocation's totals, as a retired permission's do
-        t = conn.traffic
-        if t.out_packets or t.in_packets:
-            retired = conn.allocation.retired
-            total = retired.setdefault((t.cluster, t.framed), Traffic(t.cluster, t.framed))
-            total.out_packets += t.out_packets
-            total.out_bytes += t.out_bytes
-            total.in_packets += t.in_packets
-            total.in_bytes += t.in_bytes
-
-    def _tcp_room(self, conns: dict[int, TcpPeerConnection]) -> bool:
-        """A peer connection is a TCP relay's channel: max_channels_per_allocation caps them
-        (0: unlimited); the stream listeners' connection caps bound them all together."""
-        cap = self.config.admin.max_channels_per_allocation
-        return not cap or len(conns) < cap
-
-    def _connect(self, ctx: Context, msg: Message, auth: Authenticated, now: float) -> bytes:
-        """Connect (RFC 6062 5.2): open a TCP connection to the peer. Answered later, by
-        `tcp_connected` (CONNECTION-ID) or `tcp_closed` (447); b"" here means no answer yet."""
-        alloc = self._allocation(ctx, auth)
-        conns = self.tcp_allocations.get(alloc)
-        if conns is None:
-            raise Reject(ErrorCode.BAD_REQUEST, "Connect on a UDP allocation")
-        raw_peer = msg.get(stun.ATTR_XOR_PEER_ADDRESS)
-        if raw_peer is None:
-            raise Reject(ErrorCode.BAD_REQUEST, "Missing XOR-PEER-ADDRESS")
-        peer = self._peer(alloc, raw_peer, msg.transaction_id)
-        if peer[1] == 0:
-            raise Reject(ErrorCode.BAD_REQUEST, "Peer port 0")
-        ports, cluster = self._judge_connect(ctx, alloc, peer)
-        if peer[1] not in ports:
-            raise self._deny(ctx, peer)
-        if any(conn.peer == peer for conn in conns.values()):  # connected or connecting
-            raise Reject(ErrorCode.CONNECTION_ALREADY_EXISTS)
-        if not self._tcp_room(conns):
-            raise Reject(ErrorCode.INSUFFICIENT_CAPACITY, "Connection limit reached")
-        conn = TcpPeerConnection(
-            self._new_connection_id(),
-            alloc,
-            peer,
-            deadline=now + TCP_CONNECT_TIMEOUT,
-            pending=(ctx, msg, auth.key),
-            traffic=Traffic(cluster),
-        )
-        self._add_tcp_connection(conn)
-        relay: TcpRelayHandle = alloc.relay  # type: ignore[assignment]  # a TCP allocation's
-        conn.stream = relay.connect(peer, conn.connection_id)
-        return b""
-
-    def _judge_connect(self, ctx: Context, alloc: Allocation, peer: Addr) -> tuple[PortSet, str]:
-        """A Connect's peer: of our own addresses only the relayed transport address of another
-        live TCP allocation (two clients meeting through two TCP relays: neither relay hands
-        what it accepts to anything but its own client, so nothing chains), and only where the
-        clusters allow it; every other own address is 403, as for UDP."""
-        if self._own_addresses().owns(*peer):
-            other = self.tcp_relay_addresses.get(peer)
-            ports = self.access.ports_for(ctx.listener, peer[0])
-            if other is None or other is alloc or ports is None:
-                raise self._deny(ctx, peer, "Forbidden: the peer is this server")
-            return ports, self.access.cluster_for(ctx.listener, peer[0])
-        return self._judge(ctx, peer, tcp=True)
-
-    def _connection_bind(
-        self, ctx: Context, msg: Message, auth: Authenticated, now: float
-    ) -> list[tuple[int, bytes]]:
-        """ConnectionBind (RFC 6062 5.4) on a new data connection: it carries the peer
-        connection's bytes raw once this answer has left."""
-        if ctx.transport not in STREAM_TRANSPORTS:
-            raise Reject(ErrorCode.BAD_REQUEST, "ConnectionBind needs a TCP or TLS connection")
-        if ctx.client in self.allocations.get(ctx.listener, {}):
-            raise Reject(ErrorCode.BAD_REQUEST, "ConnectionBind on a control connection")
-        raw_id = msg.get(stun.ATTR_CONNECTION_ID)
-        if raw_id is None:
-            raise Reject(ErrorCode.BAD_REQUEST, "Missing CONNECTION-ID")
-        conn = self.tcp_connections.get(stun.decode_u32(raw_id))
-        if conn is None or conn.bound or conn.pending is not None or conn.stream is None:
-            raise Reject(ErrorCode.BAD_REQUEST, "Unknown CONNECTION-ID")
-        alloc = conn.allocation
-        if alloc.listener != ctx.listener or alloc.client[0] != ctx.client[0]:
-            raise Reject(ErrorCode.BAD_REQUEST, "CONNECTION-ID of another client")
-        if alloc.username != auth.username:
-            raise Reject(ErrorCode.WRONG_CREDENTIALS)
-        conn.bound = True
-        conn.deadline = math.inf
-        conn.stream.bind(ctx.link)
-        return []
-
-    def tcp_connected(self, connection_id: int, now: float) -> list[Output]:
-        """The shell: a Connect's peer connection is up. The Connect's answer, with its
-        CONNECTION-ID; ConnectionBind is due within TCP_BIND_TIMEOUT."""
-        conn = self.tcp_connections.get(connection_id)
-        if conn is None or conn.pending is None:
-            return []
-        ctx, msg, key = conn.pending
-        conn.pending = None
-        conn.deadline = now + self.tcp_bind_timeout
-        attrs = [(stun.ATTR_CONNECTION_ID, stun.encode_u32(connection_id))]
-        if self.software:
-            attrs.append((stun.ATTR_SOFTWARE, self.software.encode()))
-        return [(ctx.link, ctx.client, self._response(msg, stun.CLASS_SUCCESS, attrs, key))]
-
-    def tcp_closed(self, connection_id: int) -> list[Output]:
-        """The shell: a peer connection failed or closed (either side, or its data
-        connection). A Connect still waiting for it gets its 447."""
-        conn = self.tcp_connections.get(connection_id)
-        if conn is None:
-            return []
-        self._forget_tcp_connection(conn)
-        if conn.pending is None:
-            return []
-        ctx, msg, key = conn.pending
-        code = ErrorCode.CONNECTION_TIMEOUT_OR_FAILURE
-        return [(ctx.link, ctx.client, self._error(ctx, msg, code, key=key))]
-
-    def tcp_accepted(
-        self, alloc: Allocation, peer: Addr, stream: PeerStream, now: float
-    ) -> tuple[int, list[Output]] | None:
-        """The shell: a peer connected to `alloc`'s TCP relay (RFC 6062 5.3). With a permission
-        for it, a ConnectionAttempt to the client and the connection's id; None: close it."""
-        conns = self.tcp_allocations.get(alloc)
-        if conns is None:
-            return None
-        peer = normalize_peer(peer[:2])
-        perm = alloc.permissions.get(peer[0])
-        if perm is None or peer[1] not in perm.ports or not self._tcp_room(conns):
-            return None
-        if any(conn.peer == peer for conn in conns.values()):
-            return None
-        conn = TcpPeerConnection(
-            self._new_connection_id(),
-            alloc,
-            peer,
-            deadline=now + self.tcp_bind_timeout,
-            stream=stream,
-            traffic=Traffic(perm.cluster),
-        )
-        self._add_tcp_connection(conn)
-        tid = secrets.token_bytes(12)
-        attrs = [
-            (stun.ATTR_XOR_PEER_ADDRESS, stun.encode_xor_address(peer, tid)),
-            (stun.ATTR_CONNECTION_ID, stun.encode_u32(conn.connection_id)),
-        ]
-        attempt = stun.encode_message(
-            stun.METHOD_CONNECTION_ATTEMPT, stun.CLASS_INDICATION, tid, attrs
-        )
-        return conn.connection_id, [(alloc.link, alloc.client, attempt)]
-
     def _request_binding(self, ctx: Context, msg: Message) -> bytes:
         """What the request's nonce must be bound to: the client's address; for a
         ConnectionBind, the control connection's (RFC 6062 clients sign it with the nonce they
         hold, and the data connection is new: another port, the same client IP)."""
         raw_id = msg.get(stun.ATTR_CONNECTION_ID)
         if msg.method == stun.METHOD_CONNECTION_BIND and raw_id is not None and len(raw_id) == 4:
-            conn = self.tcp_connections.get(stun.decode_u32(raw_id))
+            conn = self.tcp.connections.get(stun.decode_u32(raw_id))
             if conn is not None and conn.allocation.client[0] == ctx.client[0]:
                 return nonce_binding(conn.allocation.transport, conn.allocation.client)
         return self._nonce_binding(ctx)
-
-    def _close_tcp(self, conn: TcpPeerConnection) -> None:
-        self._forget_tcp_connection(conn)
-        if conn.stream is not None:
-            conn.stream.close()
-
-    def _close_tcp_connections(self, alloc: Allocation) -> None:
-        """The allocation ends: so do its peer and data connections (RFC 6062 5.1)."""
-        conns = self.tcp_allocations.pop(alloc, None)
-        if conns is not None:
-            key = normalize_peer(alloc.relay.address[:2])
-            if self.tcp_relay_addresses.get(key) is alloc:
-                del self.tcp_relay_addresses[key]
-        for conn in list((conns or {}).values()):
-            self._close_tcp(conn)
-
-    def _expire_tcp(self, now: float) -> None:
-        """Peer connections nobody bound within TCP_BIND_TIMEOUT close (RFC 6062 5.3); a
-        Connect still waiting is the shell's (its connect times out into `tcp_closed`)."""
-        late = [
-            c for c in self.tcp_connections.values() if c.pending is None and c.deadline <= now
-        ]
-        for conn in late:
-            self._close_tcp(conn)
-
-    def _revalidate_tcp(self, alloc: Allocation) -> None:
-        """After a config or DNS change: close the peer connections the rules no longer allow."""
-        for conn in list(self.tcp_allocations[alloc].values()):
-            ports = self._peer_ports(alloc.listener, conn.peer[0], tcp=True)
-            own = self._own_addresses().owns(*conn.peer, with_relays=False)
-            if ports is None or conn.peer[1] not in ports or own:
-                self._close_tcp(conn)
 
     # -- responses ----------------------------------------------------------------------------
 

@@ -31,6 +31,10 @@ class Transport(StrEnum):
     DTLS = "dtls"
 
 
+# the stream transports: ChannelData is padded to 4 bytes on them, and they carry RFC 6062
+STREAM_TRANSPORTS = frozenset({Transport.TCP, Transport.TLS})
+
+
 class Sink(Protocol):
     """Something the shell can send a datagram or a stream frame through.
 
@@ -104,14 +108,14 @@ class TcpRelayHandle(RelayHandle, Protocol):
 
     def connect(self, peer: Addr, connection_id: int) -> PeerStream:
         """Start a TCP connection to `peer` from the relay address. The outcome comes back later
-        as `TurnServer.tcp_connected(connection_id)` or `tcp_failed(connection_id)`."""
+        as `TurnServer.tcp.connected(connection_id)` or `tcp.closed(connection_id)`."""
         ...
 
 
 class TcpRelayFactory(Protocol):
     def open_tcp(self, listener: ListenerConfig, family: int) -> TcpRelayHandle | None:
         """Listen on a TCP port in the listener's relay range; None when no port is free.
-        Connections accepted there reach `TurnServer.tcp_accepted`."""
+        Connections accepted there reach `TurnServer.tcp.accepted`."""
         ...
 
 

@@ -162,7 +162,7 @@ async def test_relayed_bytes_count_in_the_cluster_and_listener_figures() -> None
             assert lst.tx_bytes - lst0.tx_bytes == total
             data.close()
             for _ in range(300):  # the peer connection closes with its data connection
-                if not server.turn.tcp_connections:  # type: ignore[union-attr]
+                if not server.turn.tcp.connections:  # type: ignore[union-attr]
                     break
                 await asyncio.sleep(0.01)
             closed = server.stats().clusters["peers"]

@@ -23,7 +23,7 @@ from stunner_dp import stun
 from stunner_dp.config import AdminConfig, ListenerConfig
 from stunner_dp.stun import Message
 from stunner_dp.turn.allocation import Allocation, Channel
-from stunner_dp.turn.server import TCP_BIND_TIMEOUT
+from stunner_dp.turn.tcp_allocations import TCP_BIND_TIMEOUT
 from stunner_dp.turn.types import Addr, Output, Sink
 
 TCP_TRANSPORT = [(stun.ATTR_REQUESTED_TRANSPORT, stun.encode_requested_transport(6))]
@@ -86,7 +86,7 @@ class FakeTcpRelays:
 def tcp_harness(admin: AdminConfig | None = None) -> tuple[Harness, FakeTcpRelays]:
     h = Harness(make_config(admin=admin) if admin else None)
     relays = FakeTcpRelays()
-    h.server.tcp_relays = relays
+    h.server.tcp.relays = relays
     return h, relays
 
 
@@ -156,7 +156,7 @@ def test_connect_answers_when_the_peer_connection_is_up_then_connection_bind() -
     assert outputs == []  # not yet: the shell connects first
     stream = relays.opened[0].streams[0]
     assert stream.peer == PEER
-    ok = answer(h.server.tcp_connected(stream.connection_id, T0 + 1))
+    ok = answer(h.server.tcp.connected(stream.connection_id, T0 + 1))
     assert_success(ok, stun.METHOD_CONNECT)
     assert ok.transaction_id == tid and ok.check_integrity(c.key)
     assert connection_id(ok) == stream.connection_id
@@ -178,11 +178,11 @@ def test_connect_failure_is_447_and_a_second_connect_446() -> None:
     _, outputs = connect(c)  # the same peer while the first is connecting
     assert error_code(answer(outputs)) == 446
     stream = relays.opened[0].streams[0]
-    failed = answer(h.server.tcp_closed(stream.connection_id))
+    failed = answer(h.server.tcp.closed(stream.connection_id))
     assert error_code(failed) == 447 and failed.method == stun.METHOD_CONNECT
     _, outputs = connect(c)  # gone: the peer may be tried again
     assert outputs == [] and len(relays.opened[0].streams) == 2
-    assert h.server.tcp_closed(12345) == []  # unknown ids cost nothing
+    assert h.server.tcp.closed(12345) == []  # unknown ids cost nothing
 
 
 def test_connect_holds_to_the_peer_rules() -> None:
@@ -200,11 +200,11 @@ def test_unbound_connection_closes_after_30_seconds() -> None:
     c = tcp_client(h)
     connect(c)
     stream = relays.opened[0].streams[0]
-    h.server.tcp_connected(stream.connection_id, T0)
+    h.server.tcp.connected(stream.connection_id, T0)
     h.server.expire(T0 + TCP_BIND_TIMEOUT - 1)
     assert not stream.closed
     h.server.expire(T0 + TCP_BIND_TIMEOUT)
-    assert stream.closed and h.server.tcp_connections == {}
+    assert stream.closed and h.server.tcp.connections == {}
     data = data_client(h, c)  # the id is gone: so is the control connection's nonce binding
     assert error_code(connection_bind(data, stream.connection_id, T0 + 31)) == 438
 
@@ -214,9 +214,9 @@ def test_peer_initiated_needs_a_permission_then_connection_attempt() -> None:
     c = tcp_client(h)
     alloc = h.allocation(c)
     incoming = FakeStream(PEER, 0)
-    assert h.server.tcp_accepted(alloc, PEER, incoming, T0) is None  # no permission
+    assert h.server.tcp.accepted(alloc, PEER, incoming, T0) is None  # no permission
     assert_success(c.create_permission(PEER), stun.METHOD_CREATE_PERMISSION)
-    verdict = h.server.tcp_accepted(alloc, PEER, incoming, T0)
+    verdict = h.server.tcp.accepted(alloc, PEER, incoming, T0)
     assert verdict is not None
     cid, outputs = verdict
     sink, addr, raw = outputs[0]
@@ -259,7 +259,7 @@ def test_the_per_allocation_cap_bounds_connections() -> None:
     _, outputs = connect(c, PEER2)
     assert error_code(answer(outputs)) == 508
     assert_success(c.create_permission(PEER2), stun.METHOD_CREATE_PERMISSION)
-    assert h.server.tcp_accepted(h.allocation(c), PEER2, FakeStream(PEER2, 0), T0) is None
+    assert h.server.tcp.accepted(h.allocation(c), PEER2, FakeStream(PEER2, 0), T0) is None
 
 
 def test_allocation_end_closes_its_connections_and_relay() -> None:
@@ -270,7 +270,7 @@ def test_allocation_end_closes_its_connections_and_relay() -> None:
     relay = relays.opened[0]
     h.server.remove_client("tcp", c.ctx.client, "connection closed")
     assert relay.closed and all(s.closed for s in relay.streams)
-    assert h.server.tcp_connections == {} and h.server.tcp_allocations == {}
+    assert h.server.tcp.connections == {} and h.server.tcp.allocations == {}
 
 
 def test_config_revocation_closes_what_the_rules_no_longer_allow() -> None:
@@ -288,4 +288,4 @@ def test_config_revocation_closes_what_the_rules_no_longer_allow() -> None:
     )
     h.server.update_config(config)
     assert first.closed and not second.closed
-    assert list(h.server.tcp_connections) == [second.connection_id]
+    assert list(h.server.tcp.connections) == [second.connection_id]

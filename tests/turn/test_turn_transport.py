@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from stunner_dp.config import ListenerConfig
-from stunner_dp.turn.server import STREAM_TRANSPORTS
-from stunner_dp.turn.types import Transport
+from stunner_dp.turn.types import STREAM_TRANSPORTS, Transport
 
 
 def test_members_are_their_strings() -> None:
