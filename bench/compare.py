@@ -413,8 +413,13 @@ def _metric(figures: dict[str, float], name: str, **labels: str) -> float:
     )
 
 
-def offload_figures(server: ServerProc) -> dict[str, float]:
+def offload_figures(server: ServerProc, attempts: int = 5) -> dict[str, float]:
     m = server.metrics()
+    for _ in range(attempts - 1):  # a busy machine may miss one scrape's 5 s
+        if m:
+            break
+        time.sleep(0.5)
+        m = server.metrics()
     if not m:
         return {"scraped": 0.0}
     return {

@@ -64,7 +64,7 @@ def test_compare_smoke(tmp_path: Path, relay_window: tuple[int, int], transport:
         assert rnd["echo"]["delivered_pps"] > 0, f"{rnd['server']}: nothing echoed back"
         assert rnd["alloc"]["allocations"] == 20
         if rnd["server"] == compare.OFFLOAD:  # the variant measured the kernel path
-            assert rnd["offload"]["active"] == 1
+            assert rnd["offload"].get("active") == 1, (rnd["offload"], result["server_logs_tail"])
             assert rnd["offload"]["entries"] == 4
             assert rnd["offload"]["tx_packets"] > 0, "nothing relayed in the kernel"
     assert result["ceiling_pps"] > 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -69,6 +70,20 @@ async def settled_fd_count(pid: int, target: int | None = None) -> int:
     return last
 
 
+def closed_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports of 127.0.0.1 that nothing listens on. Taken while all are
+    held, so none repeats (two Connects to one peer: the second is a 446, not a 447, and 40
+    ports picked one by one from the ephemeral range repeat one in about 35 runs)."""
+    held = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in held:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
 async def closed_by_server(reader: asyncio.StreamReader) -> bool:
     """True once the other end closes (EOF or reset) within WAIT."""
     try:
@@ -107,7 +122,7 @@ async def test_a_flood_of_half_open_work_leaves_nothing_behind(stunnerd: Stunner
         relay = await control.allocate_tcp(DEFAULT_USERNAME, DEFAULT_PASSWORD)
         assert error_code(await control.create_permission(("127.0.0.1", 1))) == 0  # the IP
 
-        closed = [free_port(udp=False) for _ in range(CLOSED_PORTS)]
+        closed = closed_ports(CLOSED_PORTS)
         answers = await asyncio.gather(*(control.connect_peer(("127.0.0.1", p)) for p in closed))
         assert [error_code(a) for a in answers] == [447] * CLOSED_PORTS
 
