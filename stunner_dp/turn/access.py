@@ -549,11 +549,11 @@ class OwnAddresses:
     the relay addresses the server has handed out (`add_ip`, e.g. the pod IP of a wildcard
     listener). Pure: the state machine feeds it.
 
-    `service_ports` are the own ports that are no relay (listener and public ports). A TCP
-    allocation (RFC 6062) may have our relay ports as peers (`with_relays=False`): bytes a TCP
-    relay accepts only ever go to its own client's data connection, never into another relay,
-    so two TCP relays of ours connected to each other cannot chain (the state machine still
-    lets a Connect reach only a live TCP relay of another allocation)."""
+    `service_ports` are the own ports that are no relay (listener, public, metrics and health
+    ports). A TCP allocation (RFC 6062) may have our relay ports as peers (`with_relays=False`):
+    bytes a TCP relay accepts only ever go to its own client's data connection, never into
+    another relay, so two TCP relays of ours connected to each other cannot chain (the state
+    machine still lets a Connect reach only a live TCP relay of another allocation)."""
 
     __slots__ = ("_ips", "_without_own", "ports", "service_ports")
 
