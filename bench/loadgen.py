@@ -32,7 +32,7 @@ import struct
 import sys
 import time
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -158,9 +158,9 @@ def rss_bytes(pid: int) -> int:
     return total
 
 
-def udp_drops(port: int) -> int:
-    """The kernel's drop counter of the local UDP socket bound to ``port`` (receive overflow),
-    IPv4 or IPv6."""
+def _udp_sockets() -> Iterator[list[str]]:
+    """The fields of every line of the kernel's UDP socket tables, IPv4 then IPv6 (local
+    address at 1, inode at 9, drops last)."""
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         try:
             with open(table) as f:
@@ -168,9 +168,15 @@ def udp_drops(port: int) -> int:
         except OSError:
             continue
         for line in lines:
-            parts = line.split()
-            if int(parts[1].rpartition(":")[2], 16) == port:
-                return int(parts[-1])
+            yield line.split()
+
+
+def udp_drops(port: int) -> int:
+    """The kernel's drop counter of the local UDP socket bound to ``port`` (receive overflow),
+    IPv4 or IPv6."""
+    for parts in _udp_sockets():
+        if int(parts[1].rpartition(":")[2], 16) == port:
+            return int(parts[-1])
     return 0
 
 
@@ -195,18 +201,7 @@ def socket_drops(pid: int) -> int:
                 continue
             if link.startswith("socket:["):
                 inodes.add(link[8:-1])
-    total = 0
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(table) as f:
-                lines = f.readlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            parts = line.split()
-            if parts[9] in inodes:
-                total += int(parts[-1])
-    return total
+    return sum(int(parts[-1]) for parts in _udp_sockets() if parts[9] in inodes)
 
 
 # -- the TURN client handshake --------------------------------------------------------------------
