@@ -107,6 +107,21 @@ def channel_data(number: int, payload: bytes, length: int | None = None) -> byte
     return struct.pack("!HH", number, len(payload) if length is None else length) + payload
 
 
+def count_sendmsg_batches(lst: UdpListener) -> list[int]:
+    """Wrap the listener's real `sendmsg` so each call records the size of what it sent: one
+    entry per GSO batch (or per datagram, unbatched)."""
+    real_sendmsg = lst.sendmsg
+    assert real_sendmsg is not None
+    batches: list[int] = []
+
+    def counting_sendmsg(buffers: Any, ancdata: Any, flags: int, address: Any) -> int:
+        batches.append(len(buffers[0]))
+        return real_sendmsg(buffers, ancdata, flags, address)
+
+    lst.sendmsg = counting_sendmsg
+    return batches
+
+
 async def settle(c: RawTurnClient) -> None:
     """A Binding answered on the client's socket: the server has read what was sent before."""
     answer = await c.request(stun.METHOD_BINDING, auth=False)
@@ -172,16 +187,7 @@ async def test_ipv6_relay_sends_a_burst_in_batches(setup: str) -> None:
             pytest.skip("this kernel has no UDP GSO")
         relayed = the_relay(ts).address
         assert error_code(await c.channel_bind(CH, peer.address)) == 0
-        lst = listener(ts)
-        real_sendmsg = lst.sendmsg
-        assert real_sendmsg is not None
-        batches: list[int] = []
-
-        def counting_sendmsg(buffers: Any, ancdata: Any, flags: int, address: Any) -> int:
-            batches.append(len(buffers[0]))
-            return real_sendmsg(buffers, ancdata, flags, address)
-
-        lst.sendmsg = counting_sendmsg  # the real socket's sendmsg, counted
+        batches = count_sendmsg_batches(listener(ts))
         burst = [i.to_bytes(4, "big") + bytes([i]) * 96 for i in range(32)]
         for payload in burst:  # without yielding: the burst is read in one wake-up
             peer.sendto(payload, relayed)
@@ -314,16 +320,7 @@ async def test_ipv6_user_over_the_cap_then_back_on_the_hot_path(direction: str) 
             assert pool is not None
             if to_peer or not pool.gso:
                 return
-            lst = listener(ts)
-            real_sendmsg = lst.sendmsg
-            assert real_sendmsg is not None
-            batches: list[int] = []
-
-            def counting_sendmsg(buffers: Any, ancdata: Any, flags: int, address: Any) -> int:
-                batches.append(len(buffers[0]))
-                return real_sendmsg(buffers, ancdata, flags, address)
-
-            lst.sendmsg = counting_sendmsg
+            batches = count_sendmsg_batches(listener(ts))
             for _ in range(16):  # well under the cap's burst; read in one wake-up
                 peer.sendto(b"b" * 100, relayed)
             got_frames = [await c.next_unsolicited(TIMEOUT) for _ in range(16)]
