@@ -237,17 +237,24 @@ async def start_turn_server(
     *,
     nonce_secret: bytes | None = None,
     software: str = "",
+    forwarder: str | None = None,
     **config_overrides: Any,
 ) -> AsyncIterator[TurnServerHandle]:
     """Start a server from ``make_config(**config_overrides)`` in the running event loop; the
-    sockets bind to the config's `host`. Without a `port`, a free one is picked, and picked
+    sockets bind to the config's `host`; `forwarder` is Server's ("python": no compiled one). Without a `port`, a free one is picked, and picked
     again when another process takes it first."""
     host = str(config_overrides.get("host", "127.0.0.1"))
     fixed_port = int(config_overrides.pop("port", 0))
     for attempt in range(_START_ATTEMPTS):
         port = fixed_port or free_port(host)
         config = make_config(port=port, **config_overrides)
-        server = Server(config, nonce_secret=nonce_secret, software=software, bind_host=host)
+        server = Server(
+            config,
+            nonce_secret=nonce_secret,
+            software=software,
+            bind_host=host,
+            forwarder=forwarder,
+        )
         try:
             await server.start()
         except RuntimeError:

@@ -120,6 +120,8 @@ class BandwidthSwitch:
         if meter is None or turn is None or offload is None:
             return
         offload.fold()  # what the kernel relayed, into the channels' counters
+        if self._relays is not None and self._relays.forwarder is not None:
+            self._relays.forwarder.fold()  # and what the forwarder thread relayed
         allocations = turn.all_allocations()
         meter.review(allocations, self._clock())
         for ended in [r for r, a in self._diverted.items() if r.allocation is not a]:

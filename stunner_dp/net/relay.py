@@ -26,6 +26,7 @@ from . import gso
 from .counters import ListenerCounters
 
 if TYPE_CHECKING:
+    from .forwarder import ForwarderControl
     from .offload import OffloadController
 
 log = get_logger("net")
@@ -76,6 +77,7 @@ class RelaySocket:
         "_pool",
         "_reading",
         "_sock",
+        "_watched",
         "address",
         "allocation",
         "dropped",
@@ -96,11 +98,17 @@ class RelaySocket:
         self.sendto: Callable[[bytes | memoryview, Addr], object] = sock.sendto
         self.sendmsg: Callable[..., int] | None = sock.sendmsg
         self.dropped = 0  # datagrams from peers without a permission
-        self._reading = False
+        self._reading = False  # the loop reads the socket
+        self._watched = False  # the compiled forwarder's thread reads it
 
     def attach(self, allocation: Allocation | None) -> None:
         self.allocation = allocation
-        if allocation is not None and not self._reading:
+        if allocation is None or self._reading or self._watched:
+            return
+        forwarder = self._pool.forwarder
+        if forwarder is not None and forwarder.watch(self._sock, True, self.receive):
+            self._watched = True
+        else:
             self._loop.add_reader(self._sock.fileno(), self._hot_reader(allocation))
             self._reading = True
 
@@ -121,7 +129,14 @@ class RelaySocket:
         `send` in place of the socket's sendto towards peers, `reader` in place of the
         hot-path reader of what peers send."""
         self.sendto = send
-        if self._reading:
+        if self._watched:  # the capped reader runs in Python: the thread lets go
+            forwarder = self._pool.forwarder
+            if forwarder is not None:
+                forwarder.unwatch(self._sock)
+            self._watched = False
+            self._loop.add_reader(self._sock.fileno(), reader)
+            self._reading = True
+        elif self._reading:
             self._loop.remove_reader(self._sock.fileno())
             self._loop.add_reader(self._sock.fileno(), reader)
 
@@ -130,21 +145,26 @@ class RelaySocket:
         self.sendto = self._sock.sendto
         if self._reading and self.allocation is not None:
             self._loop.remove_reader(self._sock.fileno())
-            self._loop.add_reader(self._sock.fileno(), self._hot_reader(self.allocation))
+            self._reading = False
+            self.attach(self.allocation)  # the forwarder's thread again, when it is on
 
     def to_client_slow(self, alloc: Allocation, peer: Addr, data: bytes) -> None:
         """A datagram from a permitted peer without a channel: a Data indication."""
         self._to_client_slow(alloc, peer, data)
 
     def channel_bound(self, allocation: Allocation, channel: Channel) -> None:
-        offload = self._pool.offload
+        offload, forwarder = self._pool.offload, self._pool.forwarder
         if offload is not None:
             offload.bind(self._sock, allocation, channel)
+        if forwarder is not None:  # what the kernel passes up, the thread relays
+            forwarder.bind(self, allocation, channel)
 
     def channel_unbound(self, channel: Channel) -> None:
-        offload = self._pool.offload
+        offload, forwarder = self._pool.offload, self._pool.forwarder
         if offload is not None:
             offload.unbind(channel)
+        if forwarder is not None:
+            forwarder.unbind(channel)
 
     def set_dont_fragment(self) -> bool:
         """DONT-FRAGMENT (RFC 8656 7.2, 14): never fragment this relay's datagrams; IPv4 ones
@@ -162,6 +182,11 @@ class RelaySocket:
         if self._reading:
             self._loop.remove_reader(self._sock.fileno())
             self._reading = False
+        if self._watched:
+            forwarder = self._pool.forwarder
+            if forwarder is not None:
+                forwarder.unwatch(self._sock)
+            self._watched = False
         self.allocation = None
         self._sock.close()
         self._pool.held.discard(self._key)
@@ -250,6 +275,32 @@ class RelaySocket:
             except OSError:
                 self.dropped += 1
 
+    def receive(self, data: bytes, peer: Addr) -> None:
+        """A peer's datagram the compiled forwarder handed back: what the read loops do."""
+        alloc = self.allocation
+        if alloc is None:
+            return
+        chan = alloc.peer_channels.get(peer)
+        if chan is None:
+            self._to_client_slow(alloc, peer, data)
+            return
+        frame = bytearray(4 + len(data))
+        frame[4:] = data
+        self._send_channel_data(alloc, chan, memoryview(frame), len(data))
+
+    def _send_channel_data(
+        self, alloc: Allocation, chan: Channel, frame: memoryview, size: int
+    ) -> None:
+        """`frame` holds the payload past 4 free bytes: the header goes there, then it leaves."""
+        _pack_channel_header_into(frame, 0, chan.number, size)
+        try:
+            alloc.link.sendto(frame[: size + 4], alloc.client)
+        except OSError:
+            self.dropped += 1
+            return
+        chan.in_packets += 1
+        chan.in_bytes += size
+
     def _on_readable_plain(self) -> None:
         if self.allocation is not None:
             self._relay_one_by_one(self.allocation)
@@ -258,7 +309,7 @@ class RelaySocket:
         # Stream clients and kernels without GSO: each frame is handed on by itself.
         recvfrom_into = self._sock.recvfrom_into
         pool = self._pool
-        buf, view, payload_view = pool.buffer, pool.view, pool.payload_view
+        _buf, view, payload_view = pool.buffer, pool.view, pool.payload_view
         ipv6 = self._sock.family == socket.AF_INET6
         for _ in range(READ_BATCH):
             try:
@@ -271,14 +322,7 @@ class RelaySocket:
                 peer = (peer[0], peer[1])
             chan = alloc.peer_channels.get(peer)
             if chan is not None:
-                _pack_channel_header_into(buf, 0, chan.number, size)
-                try:
-                    alloc.link.sendto(view[: size + 4], alloc.client)
-                except OSError:
-                    self.dropped += 1
-                    continue
-                chan.in_packets += 1
-                chan.in_bytes += size
+                self._send_channel_data(alloc, chan, view, size)
                 continue
             self._to_client_slow(alloc, peer, bytes(payload_view[:size]))
 
@@ -318,6 +362,8 @@ class RelayPool:
         self.exhausted = 0  # Allocates that found no free port
         # the kernel fast path's control plane while it is on (Server owns it)
         self.offload: OffloadController | None = None
+        # the compiled forwarder, when this Server runs one (Server owns it)
+        self.forwarder: ForwarderControl | None = None
 
     def advertised_ip(self, listener: ListenerConfig, family: int) -> str:
         address = family_address(listener, family)

@@ -18,7 +18,13 @@ from typing import Any
 from stunner_dp.config import ListenerConfig, StunnerConfig, diff_configs, parse_config
 from stunner_dp.observe.events_log import log_event
 from stunner_dp.observe.logs import get_logger
-from stunner_dp.observe.stats import ClusterStats, ListenerStats, ServerStats, StatsSnapshot
+from stunner_dp.observe.stats import (
+    ClusterStats,
+    ForwarderStats,
+    ListenerStats,
+    ServerStats,
+    StatsSnapshot,
+)
 from stunner_dp.turn import events as ev
 from stunner_dp.turn.access import PeerAccess
 from stunner_dp.turn.allocation import Traffic
@@ -30,6 +36,7 @@ from .bandwidth import BandwidthSwitch
 from .certs import tls_context
 from .counters import ListenerCounters
 from .fds import FD_RESERVE
+from .forwarder import ForwarderControl, start_forwarder
 from .host_addresses import host_addresses
 from .listener import Listener
 from .offload import OffloadSwitch
@@ -71,6 +78,7 @@ class Server:
         bind_host: str | None = None,
         limits: Limits | None = None,
         socket_provider: SocketProvider | None = None,
+        forwarder: str | None = None,
     ) -> None:
         self.config = config if isinstance(config, StunnerConfig) else parse_config(config)
         self._limits = limits  # None: this process counts quotas and rate limits alone
@@ -81,6 +89,9 @@ class Server:
         self._bind_host = bind_host  # None: the wildcard of the listener's address family
         # a worker adopts the listener sockets its supervisor holds (a stable reuseport group)
         self._socket_provider = socket_provider
+        # the compiled forwarder: "auto", "compiled", "python" (None: $STUNNER_DP_FORWARDER)
+        self._forwarder_mode = forwarder
+        self.forwarder: ForwarderControl | None = None
         self.listeners: dict[str, Listener] = {}
         self.failed_listeners: dict[str, str] = {}
         self._turn: TurnServer | None = None  # the state machine: driven only through verbs
@@ -99,6 +110,7 @@ class Server:
     async def start(self) -> Server:
         self._loop = asyncio.get_running_loop()
         self.relays = RelayPool(self._loop)
+        self.forwarder = self.relays.forwarder = start_forwarder(self._loop, self._forwarder_mode)
         self._turn = TurnServer(
             self.config,
             self.relays,
@@ -139,6 +151,11 @@ class Server:
         self.offload.off(self.relays)  # after the allocations: their counts are folded in
         for name in list(self.listeners):
             self._stop_listener(name)
+        if self.forwarder is not None:  # its sockets are closed (unwatched) by now
+            self.forwarder.close()
+            self.forwarder = None
+            if self.relays is not None:
+                self.relays.forwarder = None
 
     async def __aenter__(self) -> Server:
         return await self.start()
@@ -209,6 +226,7 @@ class Server:
                         self.process_events,
                         time.time,
                         counters,
+                        self.forwarder,
                     )
             elif listener.transport in ("tcp", "tls"):
                 stream = StreamListener(
@@ -360,6 +378,8 @@ class Server:
         if turn is None or relays is None:
             return StatsSnapshot()
         self.offload.fold()  # what the kernel relayed, into the channels' counters
+        if self.forwarder is not None:
+            self.forwarder.fold()  # and what the forwarder thread relayed
         # relayed traffic per listener (framed: ChannelData) and per cluster, as
         # [rx_packets, rx_bytes, tx_packets, tx_bytes]
         framed: dict[str, list[int] | None] = dict.fromkeys(relays.counters)
@@ -432,6 +452,7 @@ class Server:
                 internal_errors=turn.internal_errors,
             ),
             offload=self.offload.stats(),
+            forwarder=self.forwarder.stats() if self.forwarder is not None else ForwarderStats(),
             bandwidth=self.bandwidth.stats(),
         )
 

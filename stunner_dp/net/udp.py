@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from stunner_dp.turn.allocation import Allocation
 from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Addr, Context
 
@@ -13,6 +15,9 @@ from .counters import ListenerCounters
 from .listener import dispatch_stun
 from .relay import READ_BATCH, RECV_SIZE
 from .sockets import bind_udp
+
+if TYPE_CHECKING:
+    from .forwarder import ForwarderControl
 
 __all__ = ["UdpListener", "bind_udp"]  # bind_udp lives in .sockets (the supervisor binds too)
 
@@ -30,6 +35,7 @@ class UdpListener:
         on_events: Callable[[], None],
         now: Callable[[], float],
         counters: ListenerCounters,
+        forwarder: ForwarderControl | None = None,
     ) -> None:
         self.name = name
         self.transport = "udp"
@@ -47,7 +53,11 @@ class UdpListener:
         self._view = memoryview(self._buffer)
         # IPv6 sockets (the dual-stack "::" one too) report (host, port, flowinfo, scope_id)
         self._ipv6 = sock.family == socket.AF_INET6
-        loop.add_reader(sock.fileno(), self._on_readable)
+        # the compiled forwarder's thread reads the socket when it can, else the loop does
+        self._forwarder = forwarder
+        if forwarder is None or not forwarder.watch(sock, False, self.receive):
+            self._forwarder = None
+            loop.add_reader(sock.fileno(), self._on_readable)
 
     @property
     def port(self) -> int:
@@ -67,7 +77,10 @@ class UdpListener:
         return self.counters.allocations_total
 
     def close(self) -> None:
-        self._loop.remove_reader(self._sock.fileno())
+        if self._forwarder is not None:
+            self._forwarder.unwatch(self._sock)
+        else:
+            self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
         # Its allocations answer and relay through this socket: they end with it (a restarted
         # listener starts afresh, as a TCP one whose connections are aborted does).
@@ -96,22 +109,31 @@ class UdpListener:
                 # route's interface). An IPv4 client on "::" stays ::ffff:a.b.c.d throughout.
                 client = (client[0], client[1])
             if nbytes >= 4 and 0x40 <= buf[0] <= 0x7F:
-                alloc = table.get(client)
-                if alloc is not None:
-                    chan = alloc.channels.get((buf[0] << 8) | buf[1])
-                    size = (buf[2] << 8) | buf[3]
-                    if chan is not None and size <= nbytes - 4:
-                        try:
-                            chan.relay.sendto(view[4 : 4 + size], chan.peer)
-                        except OSError:
-                            self.counters.dropped += 1  # send buffer full or peer unreachable
-                            continue
-                        chan.out_packets += 1
-                        chan.out_bytes += size
-                        continue
-                self.counters.dropped += 1
+                self._relay_channel_data(table.get(client), view, nbytes)
                 continue
             self._slow_path(bytes(view[:nbytes]), client)
+
+    def receive(self, data: bytes, client: Addr) -> None:
+        """A datagram the compiled forwarder handed back: what the read loop does with it."""
+        if len(data) >= 4 and 0x40 <= data[0] <= 0x7F:
+            self._relay_channel_data(self._table.get(client), memoryview(data), len(data))
+        else:
+            self._slow_path(data, client)
+
+    def _relay_channel_data(self, alloc: Allocation | None, frame: memoryview, nbytes: int) -> None:
+        if alloc is not None:
+            chan = alloc.channels.get((frame[0] << 8) | frame[1])
+            size = (frame[2] << 8) | frame[3]
+            if chan is not None and size <= nbytes - 4:
+                try:
+                    chan.relay.sendto(frame[4 : 4 + size], chan.peer)
+                except OSError:
+                    self.counters.dropped += 1  # send buffer full or peer unreachable
+                    return
+                chan.out_packets += 1
+                chan.out_bytes += size
+                return
+        self.counters.dropped += 1
 
     def _slow_path(self, data: bytes, client: Addr) -> None:
         ctx = Context(self.name, "udp", client, self)

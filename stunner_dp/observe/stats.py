@@ -39,6 +39,7 @@ __all__ = [
     "ClusterStats",
     "Figure",
     "Figures",
+    "ForwarderStats",
     "Kind",
     "ListenerStats",
     "OffloadPassStats",
@@ -444,6 +445,50 @@ class OffloadStats(Figures):
     passed: Mapping[str, OffloadPassStats] = rows(OffloadPassStats, "reason")
 
 
+_F_PACKETS = (
+    "stunner_forwarder_packets",
+    "ChannelData relayed by the compiled user-space forwarder (tx: to peers, rx: from peers); "
+    "also counted in the listener and cluster metrics",
+)
+_F_BYTES = (
+    "stunner_forwarder_bytes",
+    "UDP payload bytes relayed by the compiled user-space forwarder (tx: to peers, rx: from peers)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwarderStats(Figures):
+    """The compiled user-space forwarder (offload off): what it holds and what it relayed."""
+
+    active: int = gauge(
+        "stunner_forwarder_active",
+        "Server processes whose UDP media path runs in the compiled forwarder thread",
+    )
+    entries: int = gauge(
+        "stunner_forwarder_entries", "Channel bindings installed in the compiled forwarder"
+    )
+    installs: int = counter(
+        "stunner_forwarder_installs", "Channel bindings installed in the compiled forwarder"
+    )
+    install_failures: int = counter(
+        "stunner_forwarder_install_failures",
+        "Channel bindings left to Python because the compiled forwarder could not take them",
+    )
+    tx_packets: int = counter(*_F_PACKETS, direction="tx")
+    tx_bytes: int = counter(*_F_BYTES, direction="tx")
+    rx_packets: int = counter(*_F_PACKETS, direction="rx")
+    rx_bytes: int = counter(*_F_BYTES, direction="rx")
+    handed_off: int = counter(
+        "stunner_forwarder_handed_off_packets",
+        "Datagrams the forwarder thread read and handed to Python (STUN, indications, "
+        "unbound channels)",
+    )
+    handoff_dropped: int = counter(
+        "stunner_forwarder_handoff_dropped_packets",
+        "Datagrams dropped because Python was more than 4 MiB behind the forwarder thread",
+    )
+
+
 _B_PACKETS = (
     "stunner_user_bandwidth_dropped_packets",
     "Relayed datagrams dropped because their user was over admin.user_bandwidth "
@@ -499,5 +544,6 @@ class StatsSnapshot(Figures):
     # part() and local() are dataclasses.field() with metadata: no shared default
     server: ServerStats = part(ServerStats)  # noqa: RUF009
     offload: OffloadStats = part(OffloadStats)  # noqa: RUF009
+    forwarder: ForwarderStats = part(ForwarderStats)  # noqa: RUF009
     bandwidth: BandwidthStats = part(BandwidthStats)  # noqa: RUF009
     workers: WorkersStats | None = local(WorkersStats)  # noqa: RUF009
