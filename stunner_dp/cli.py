@@ -63,6 +63,13 @@ def stunnerd_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="longest drain after SIGTERM",
     )
+    p.add_argument(
+        "--forwarder",
+        choices=("auto", "compiled", "python"),
+        default="",
+        help="UDP media path in user space: the compiled forwarder thread where it loads "
+        "(auto, the default; also $STUNNER_DP_FORWARDER), or Python only",
+    )
     p.add_argument("--version", action="version", version=f"stunner-dp {__version__}")
     _add_discovery_flags(p)
     return p

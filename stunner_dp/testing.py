@@ -241,8 +241,9 @@ async def start_turn_server(
     **config_overrides: Any,
 ) -> AsyncIterator[TurnServerHandle]:
     """Start a server from ``make_config(**config_overrides)`` in the running event loop; the
-    sockets bind to the config's `host`; `forwarder` is Server's ("python": no compiled one). Without a `port`, a free one is picked, and picked
-    again when another process takes it first."""
+    sockets bind to the config's `host`; `forwarder` is Server's ("python": no compiled one).
+    Without a `port`, a free one is picked, and picked again when another process takes it
+    first."""
     host = str(config_overrides.get("host", "127.0.0.1"))
     fixed_port = int(config_overrides.pop("port", 0))
     for attempt in range(_START_ATTEMPTS):

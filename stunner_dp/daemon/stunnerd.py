@@ -36,6 +36,7 @@ from stunner_dp.config import ConfigError, StunnerConfig, diff_configs
 from stunner_dp.config.model import DEFAULT_HEALTHCHECK_ENDPOINT
 from stunner_dp.daemon.origin import DEFAULT_CDS_ORIGIN, Origin, make_origin
 from stunner_dp.net.dns import DEFAULT_INTERVAL, Resolved, StrictDnsResolver, interval_from_env
+from stunner_dp.net.forwarder import FORWARDER_ENV, forwarder_mode
 from stunner_dp.net.runtime import Server
 from stunner_dp.observe.health import HealthServer, HealthState, status_document
 from stunner_dp.observe.http import HttpEndpoints
@@ -500,6 +501,12 @@ def options_from_args(args: argparse.Namespace, config: StunnerConfig | None) ->
     alternate = parse_alternate_server(args.alternate_server) if args.alternate_server else None
     if args.grace_period < 0:
         raise ConfigError("--grace-period", args.grace_period, "seconds, 0 or more")
+    try:
+        forwarder_mode(getattr(args, "forwarder", "") or None)
+    except ValueError as exc:
+        allowed = f"auto, compiled or python (the --forwarder flag, or ${FORWARDER_ENV})"
+        value = args.forwarder or env.get(FORWARDER_ENV)
+        raise ConfigError("--forwarder", value, allowed) from exc
     return DaemonOptions(
         origin=origin,
         watch=bool(args.watch),
@@ -522,6 +529,8 @@ def run_daemon(args: argparse.Namespace, config: StunnerConfig | None) -> int:
     except ConfigError as exc:
         log.error(f"stunnerd: {exc}")
         return 2
+    if getattr(args, "forwarder", ""):
+        os.environ[FORWARDER_ENV] = args.forwarder  # read by each Server, inherited by workers
     if config is not None and not args.log:
         with contextlib.suppress(ValueError):
             configure_logging(config.admin.loglevel or "all:INFO", args.log_format)
