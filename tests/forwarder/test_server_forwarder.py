@@ -55,7 +55,6 @@ async def _stopped(s: dict[str, Any], tag: bytes) -> None:
     """After the channel ended, nothing of `tag` moves either way, in the thread or in Python:
     no datagram reaches the peer, no ChannelData the client, and the entry is gone."""
     c, peer, relay, ts = s["c"], s["peer"], s["relay"], s["ts"]
-    assert ts.server.stats().forwarder.entries == 0
     peer.got.clear()
     tx0 = ts.server.stats().forwarder.tx_packets
     c.send(stun.encode_channel_data(CH, tag))
@@ -64,7 +63,8 @@ async def _stopped(s: dict[str, Any], tag: bytes) -> None:
     got = await c.received(0.2)
     assert not any(d == tag for d, _ in peer.got), peer.got
     assert not any(g[:2] == CH.to_bytes(2, "big") for g in got), got
-    assert ts.server.stats().forwarder.tx_packets == tx0
+    fwd = ts.server.stats().forwarder
+    assert (fwd.entries, fwd.tx_packets) == (0, tx0)
 
 
 async def test_an_expired_permission_stops_forwarding_at_once() -> None:
@@ -126,6 +126,7 @@ async def test_frames_the_thread_does_not_take_get_pythons_answers(forwarder: st
             peer.got.clear()
             c.send(CH.to_bytes(2, "big") + b"\x00")  # not even a header: the STUN path drops it
             c.send(CH.to_bytes(2, "big") + (100).to_bytes(2, "big") + b"short")  # past the end
+            c.send(CH.to_bytes(2, "big") + (9).to_bytes(2, "big") + b"one-long")  # by one byte
             c.send(stun.encode_channel_data(0x4005, b"unbound"))  # nobody bound it: dropped
             c.send_indication(peer.address, b"via-send")  # permitted: Python relays it
             binding = await c.ask(stun.METHOD_BINDING, auth=False)  # answered by Python
@@ -152,12 +153,12 @@ async def test_frames_the_thread_does_not_take_get_pythons_answers(forwarder: st
                 assert python_relayed(ts) == (0, 0)
             stats = ts.server.stats()
             lis, lis0 = stats.listeners["udp-listener"], stats0.listeners["udp-listener"]
-            assert lis.dropped - lis0.dropped == 2  # past the end and unbound
+            assert lis.dropped - lis0.dropped == 3  # past the end (twice) and unbound
             assert python_relayed(ts) == (3, 2)  # pad, canary, other-canary; both backs
             fwd, fwd0 = stats.forwarder, stats0.forwarder
             if compiled:
-                # short, past the end, unbound, Send, Binding, the two settles' Bindings
-                assert fwd.handed_off - fwd0.handed_off == 7
+                # short, past the end twice, unbound, Send, Binding, the settles' Bindings
+                assert fwd.handed_off - fwd0.handed_off == 8
                 assert fwd.tx_packets - fwd0.tx_packets == 3
                 assert fwd.rx_packets - fwd0.rx_packets == 2
                 assert fwd.entries == 2
