@@ -5,9 +5,11 @@ judge each packet without `TurnServer`: the ChannelData length against the datag
 channel number against the client's own live channels, the peer against the permission of
 *its* IP and that permission's ports. TCP frames take the state machine's
 `handle_channel_data` and the relay's one-by-one path. Each test runs on a real server on
-loopback with real UDP peers, once with the Python hot paths and once with the kernel fast
-path on (`admin.offload_engine: TC` on lo), which must give the same answers: the frames the
-kernel does not take fall through to Python.
+loopback with real UDP peers three times: with the Python hot paths alone (forwarder="python"),
+with the kernel fast path on (`admin.offload_engine: TC` on lo, Python behind it: the default
+"auto" would put the compiled forwarder between them, which tests/offload runs), and with the
+compiled forwarder's thread (forwarder="compiled"). All must give the same answers: the frames
+the kernel or the thread does not take fall through to Python.
 
 Two one-line mutants once survived the suite; these tests kill them (see the commit message
 for how that was checked): `size <= nbytes - 3` in the UDP length check (the peer got one
@@ -33,6 +35,7 @@ from helpers.turnclient import RawTurnClient, error_code
 from helpers.waits import until
 
 from stunner_dp import stun
+from stunner_dp.forwarder import forwarder_unavailable_reason
 from stunner_dp.offload import offload_unavailable_reason
 from stunner_dp.testing import (
     DEFAULT_PASSWORD,
@@ -48,18 +51,20 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 Client = RawTurnClient  # StreamTurnClient is one too
 
 
-# -- the two paths -------------------------------------------------------------------------
+# -- the three paths -----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["python", "kernel"])
+@pytest.fixture(params=["python", "kernel", "compiled"])
 def path(request: pytest.FixtureRequest) -> str:
-    """Which hot path carries the media: Python alone, or the kernel with Python behind it."""
-    if request.param == "kernel":
-        reason = offload_unavailable_reason()
+    """Which hot path carries the media: Python alone, the kernel with Python behind it, or
+    the compiled forwarder's thread with Python behind it."""
+    unavailable = {"kernel": offload_unavailable_reason, "compiled": forwarder_unavailable_reason}
+    if request.param in unavailable:
+        reason = unavailable[request.param]()
         if reason is not None:
             if IN_CI:
-                pytest.fail(f"the kernel path must be tested in CI: {reason}")
-            pytest.skip(f"kernel offload unavailable here: {reason}")
+                pytest.fail(f"the {request.param} path must be tested in CI: {reason}")
+            pytest.skip(f"the {request.param} path is unavailable here: {reason}")
     return str(request.param)
 
 
@@ -77,10 +82,13 @@ def admin(path: str) -> dict[str, Any]:
 
 @asynccontextmanager
 async def serving(path: str, endpoints: list[str]) -> AsyncIterator[TurnServerHandle]:
-    """TURN-UDP and TURN-TCP on one port; the kernel program loaded when `path` says so."""
-    async with start_turn_server(endpoints=endpoints, admin=admin(path)) as ts:
+    """TURN-UDP and TURN-TCP on one port; the kernel program loaded, or the forwarder thread
+    running, when `path` says so (and only then)."""
+    forwarder = "compiled" if path == "compiled" else "python"
+    async with start_turn_server(endpoints=endpoints, admin=admin(path), forwarder=forwarder) as ts:
         loaded = ts.server.offload.controller is not None
         assert loaded == (path == "kernel"), ts.server.offload.reason
+        assert (ts.server.forwarder is not None) == (path == "compiled")
         yield ts
 
 
@@ -208,11 +216,13 @@ async def test_exact_length_is_relayed_by_the_path_under_test(path: str) -> None
         await ok(c.channel_bind(CH, peer.address))
         c.send_raw(channel_data(CH, b"exact"))
         assert await peer_gets(peer, b"exact") == [b"exact"]
-        # the Python hot path counts as it relays; the kernel's counts wait for stats()
+        # the Python hot path counts as it relays; the kernel's and the thread's counts wait
+        # for stats()
         chan = the_allocation(ts, c).channels[CH]
         assert chan.out_packets == (1 if path == "python" else 0)
-        ts.server.stats()
+        stats = ts.server.stats()
         assert chan.out_packets == 1
+        assert stats.forwarder.tx_packets == (1 if path == "compiled" else 0)
 
 
 async def test_udp_lengths_at_the_edges(path: str) -> None:
