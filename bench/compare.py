@@ -4,6 +4,7 @@
     .venv/bin/python bench/compare.py --quick    # about one minute
     .venv/bin/python bench/compare.py --quick --only stunner --workers 2
     .venv/bin/python bench/compare.py --quick --only stunner --ipv6   # all of it over ::1
+    .venv/bin/python bench/compare.py --quick --python-path   # also with the forwarder off
 
 Starts each server on 127.0.0.1 (a free port, relay ports 20000-32767, one relay thread for
 coturn), pins it to one CPU (``--server-cpu``, default 0) and the load generator to another
@@ -46,9 +47,12 @@ USER, PASSWORD, REALM = "bench", "bench-pass", "bench.stunner-dp"
 REF_RATE = 20_000  # the rate the CPU-per-packet and latency figures are taken at
 STUNNER = "stunner-dp"
 OFFLOAD = "stunner-dp offload"  # stunner-dp with admin.offload_engine: TC (the kernel fast path)
+# stunner-dp with the compiled forwarder off (STUNNER_DP_FORWARDER=python): Python per packet,
+# what a host where libturn_forwarder.so cannot load runs
+PYTHON_PATH = "stunner-dp python"
 COTURN = "coturn"
 DIRECT = "direct"  # no server: the generator sends the same payloads straight to the peer sink
-STUNNERS = (STUNNER, OFFLOAD)
+STUNNERS = (STUNNER, PYTHON_PATH, OFFLOAD)
 
 
 # -- servers ---------------------------------------------------------------------------------------
@@ -192,6 +196,7 @@ class ServerProc:
         log: Path,
         cwd: Path = ROOT,
         host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.port = port
@@ -206,6 +211,7 @@ class ServerProc:
             preexec_fn=_preexec(cpus),
             start_new_session=True,
             cwd=str(cwd),
+            env=env,
         )
         _running[self.proc.pid] = self.proc
 
@@ -292,6 +298,8 @@ class Round:
     # the offload variant: stunner_offload_* as the server reported them (active, entries after
     # setup; packets relayed in the kernel by the end of the round)
     offload: dict[str, float] = field(default_factory=dict)
+    # stunner-dp: stunner_forwarder_* at the end of the round (active, packets it relayed)
+    forwarder: dict[str, float] = field(default_factory=dict)
 
     def at(self, rate: float) -> RunResult | None:
         runs = [r for r in self.sweep if r.rate == rate]
@@ -304,6 +312,7 @@ class Round:
             "clients": self.clients,
             "client_errors": self.client_errors,
             "offload": self.offload,
+            "forwarder": self.forwarder,
             "sweep": [r.as_dict() for r in self.sweep],
             "echo": self.echo.as_dict() if self.echo else None,
             "alloc": asdict(self.alloc) if self.alloc else None,
@@ -354,7 +363,7 @@ def start_server(name: str, opts: Options, tmp: str) -> ServerProc:
         argv = coturn_cmd(port, opts.relay_low, opts.relay_high, tmp, host)
     else:
         cfg = Path(tmp, "stunnerd.yaml")
-        metrics_port = free_port() if name == OFFLOAD else 0
+        metrics_port = free_port()  # the offload and forwarder figures are scraped
         cfg.write_text(
             stunner_config(
                 port,
@@ -384,8 +393,12 @@ def start_server(name: str, opts: Options, tmp: str) -> ServerProc:
         argv = [a.format(config=cfg, port=port) for a in shlex.split(template)]
         if opts.workers:
             argv += ["-u", str(opts.workers)]
-    server = ServerProc(name, argv, port, cpus, log, cwd, host)
-    if name == OFFLOAD:
+    env = dict(os.environ)
+    env.pop("STUNNER_DP_FORWARDER", None)  # stunner-dp's default ("auto"), or:
+    if name == PYTHON_PATH:
+        env["STUNNER_DP_FORWARDER"] = "python"
+    server = ServerProc(name, argv, port, cpus, log, cwd, host, env)
+    if name != COTURN:
         server.metrics_port = metrics_port
     try:
         server.wait_ready()
@@ -411,6 +424,23 @@ def _metric(figures: dict[str, float], name: str, **labels: str) -> float:
     return sum(
         v for k, v in figures.items() if k.partition("{")[0] in names and all(w in k for w in want)
     )
+
+
+def forwarder_figures(server: ServerProc, attempts: int = 5) -> dict[str, float]:
+    """stunner_forwarder_* of a stunner-dp server ({} when /metrics did not answer)."""
+    m = server.metrics()
+    for _ in range(attempts - 1):  # a busy machine may miss one scrape's 5 s
+        if m:
+            break
+        m = server.metrics()
+    if not m:
+        return {}
+    return {
+        "active": _metric(m, "stunner_forwarder_active"),
+        "tx_packets": _metric(m, "stunner_forwarder_packets", direction="tx"),
+        "rx_packets": _metric(m, "stunner_forwarder_packets", direction="rx"),
+        "handed_off": _metric(m, "stunner_forwarder_handed_off_packets"),
+    }
 
 
 def offload_figures(server: ServerProc, attempts: int = 5) -> dict[str, float]:
@@ -496,6 +526,18 @@ def run_round(gen: Generator, name: str, index: int, opts: Options, tmp: str) ->
             opts.echo_rate, opts.duration, size=opts.size, echo=True, server_pid=server.pid
         )
         show(rnd.echo)
+        if name != COTURN:
+            rnd.forwarder = forwarder_figures(server)
+            f = rnd.forwarder
+            say(
+                f"  [{name} #{index}] compiled forwarder "
+                + (
+                    f"relayed {f.get('tx_packets', 0):,.0f} to peers, "
+                    f"{f.get('rx_packets', 0):,.0f} to clients"
+                    if f.get("active")
+                    else "not active: Python relayed"
+                )
+            )
         if name == OFFLOAD and rnd.offload.get("scraped"):
             after = offload_figures(server)
             for key in ("tx_packets", "rx_packets", "passed_packets", "install_failures"):
@@ -778,7 +820,14 @@ def parse_args(argv: list[str] | None) -> Options:
         description="Benchmark stunner-dp against coturn (see the README, Performance)."
     )
     p.add_argument("--quick", action="store_true", help="about one minute")
-    p.add_argument("--only", choices=("stunner", "coturn", "offload"), help="benchmark one server")
+    p.add_argument(
+        "--only", choices=("stunner", "python", "coturn", "offload"), help="benchmark one server"
+    )
+    p.add_argument(
+        "--python-path",
+        action="store_true",
+        help="add stunner-dp with the compiled forwarder off (STUNNER_DP_FORWARDER=python)",
+    )
     p.add_argument(
         "--offload",
         action="store_true",
@@ -837,10 +886,17 @@ def parse_args(argv: list[str] | None) -> Options:
         "stunner": (STUNNER,),
         "coturn": (COTURN,),
         "offload": (OFFLOAD,),
+        "python": (PYTHON_PATH,),
         None: (STUNNER, COTURN),
     }[a.only]
+    if a.python_path and PYTHON_PATH not in servers:  # after stunner-dp, before coturn
+        servers = tuple(
+            n for n in (STUNNER, PYTHON_PATH, OFFLOAD, COTURN) if n in servers or n == PYTHON_PATH
+        )
     if a.offload and OFFLOAD not in servers:  # stunner-dp, then offloaded, then coturn
-        servers = tuple(n for n in (STUNNER, OFFLOAD, COTURN) if n in servers or n == OFFLOAD)
+        servers = tuple(
+            n for n in (STUNNER, PYTHON_PATH, OFFLOAD, COTURN) if n in servers or n == OFFLOAD
+        )
     return Options(
         quick=a.quick,
         servers=servers,

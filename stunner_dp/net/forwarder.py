@@ -91,6 +91,7 @@ class _Entry:
     relay: RelaySocket
     allocation: Allocation
     listener_fd: int
+    relay_fd: int
     # what of the thread's counts is already in `channel`: fwd/rev packets, bytes, dropped
     seen: list[int] = field(default_factory=lambda: [0] * 6)
 
@@ -105,6 +106,7 @@ class ForwarderControl:
         self._tokens: dict[int, int] = {}  # fd -> token
         self._next_token = 1
         self._entries: dict[Channel, _Entry] = {}
+        self._by_fd: dict[int, set[Channel]] = {}  # listener and relay fd -> its channels
         self._buffer = bytearray(READ_SIZE)
         self._view = memoryview(self._buffer)
         self._held = 0  # bytes of an incomplete record at the front of _buffer
@@ -140,9 +142,7 @@ class ForwarderControl:
         token = self._tokens.pop(fd, None)
         if token is None:
             return
-        for channel in [
-            c for c, e in self._entries.items() if e.listener_fd == fd or e.relay.sock is sock
-        ]:
+        for channel in list(self._by_fd.pop(fd, ())):
             self.unbind(channel)
         self.forwarder.unwatch(fd)
         self._receivers.pop(token, None)
@@ -175,7 +175,11 @@ class ForwarderControl:
                     failures=self.install_failures,
                 )
             return
-        self._entries[channel] = _Entry(entry, channel, relay, alloc, listener.fileno())
+        self._entries[channel] = _Entry(
+            entry, channel, relay, alloc, listener.fileno(), relay.sock.fileno()
+        )
+        self._by_fd.setdefault(listener.fileno(), set()).add(channel)
+        self._by_fd.setdefault(relay.sock.fileno(), set()).add(channel)
         self.installs += 1
 
     def unbind(self, channel: Channel) -> None:
@@ -183,6 +187,12 @@ class ForwarderControl:
         entry = self._entries.pop(channel, None)
         if entry is None:
             return
+        for fd in (entry.listener_fd, entry.relay_fd):
+            channels = self._by_fd.get(fd)
+            if channels is not None:
+                channels.discard(channel)
+                if not channels:
+                    del self._by_fd[fd]
         self._fold_one(entry)
         self.forwarder.remove(entry.id)
 

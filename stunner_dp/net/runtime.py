@@ -36,7 +36,7 @@ from .bandwidth import BandwidthSwitch
 from .certs import tls_context
 from .counters import ListenerCounters
 from .fds import FD_RESERVE
-from .forwarder import ForwarderControl, start_forwarder
+from .forwarder import ForwarderControl, forwarder_mode, start_forwarder
 from .host_addresses import host_addresses
 from .listener import Listener
 from .offload import OffloadSwitch
@@ -90,7 +90,7 @@ class Server:
         # a worker adopts the listener sockets its supervisor holds (a stable reuseport group)
         self._socket_provider = socket_provider
         # the compiled forwarder: "auto", "compiled", "python" (None: $STUNNER_DP_FORWARDER)
-        self._forwarder_mode = forwarder
+        self._forwarder_mode = forwarder_mode(forwarder)  # a bad value fails here, not later
         self.forwarder: ForwarderControl | None = None
         self.listeners: dict[str, Listener] = {}
         self.failed_listeners: dict[str, str] = {}

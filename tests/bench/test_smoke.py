@@ -28,7 +28,8 @@ def relay_window() -> tuple[int, int]:
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_compare_smoke(tmp_path: Path, relay_window: tuple[int, int], transport: str) -> None:
-    servers = [compare.STUNNER, *(OFFLOAD if transport == "udp" else []), *SERVERS[1:]]
+    udp_only = [compare.PYTHON_PATH, *OFFLOAD] if transport == "udp" else []
+    servers = [compare.STUNNER, *udp_only, *SERVERS[1:]]
     opts = compare.Options(
         servers=tuple(servers),
         rounds=1,
@@ -67,6 +68,12 @@ def test_compare_smoke(tmp_path: Path, relay_window: tuple[int, int], transport:
             assert rnd["offload"].get("active") == 1, (rnd["offload"], result["server_logs_tail"])
             assert rnd["offload"]["entries"] == 4
             assert rnd["offload"]["tx_packets"] > 0, "nothing relayed in the kernel"
+        if rnd["server"] == compare.STUNNER and transport == "udp":  # the compiled forwarder
+            assert rnd["forwarder"].get("active") == 1, result["server_logs_tail"]
+            assert rnd["forwarder"]["tx_packets"] > 0, "nothing relayed by the forwarder"
+            assert rnd["forwarder"]["rx_packets"] > 0, "nothing relayed back to the clients"
+        if rnd["server"] == compare.PYTHON_PATH:  # and the variant that switches it off
+            assert rnd["forwarder"].get("active") == 0, rnd["forwarder"]
     assert result["ceiling_pps"] > 0
     assert "stunner-dp" in result["table"]
     assert list(tmp_path.glob("compare-*.json"))

@@ -50,8 +50,9 @@ IPV6_RELAYS = pytest.mark.parametrize(
 
 @asynccontextmanager
 async def serving(listen: str) -> AsyncIterator[TurnServerHandle]:
+    # the Python hot path's IPv6 handling (tests/forwarder checks the compiled one's)
     async with start_turn_server(
-        host=listen, protocols=("TURN-UDP",), endpoints=["127.0.0.1", "::1"]
+        host=listen, protocols=("TURN-UDP",), endpoints=["127.0.0.1", "::1"], forwarder="python"
     ) as ts:
         yield ts
 
@@ -281,7 +282,11 @@ async def test_ipv6_user_over_the_cap_then_back_on_the_hot_path(direction: str) 
     try:
         async with (
             start_turn_server(
-                host="::1", protocols=("TURN-UDP",), endpoints=["::1"], admin=admin
+                host="::1",
+                protocols=("TURN-UDP",),
+                endpoints=["::1"],
+                admin=admin,
+                forwarder="python",
             ) as ts,
             RawTurnClient(("::1", ts.port)) as c,
         ):

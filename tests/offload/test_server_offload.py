@@ -53,6 +53,7 @@ async def relay_setup(offload: bool = True) -> AsyncIterator[dict[str, Any]]:
                 protocols=("TURN-UDP",),
                 endpoints=endpoints,
                 admin=admin(**(OFFLOAD if offload else {})),
+                forwarder="python",  # the kernel with Python's own read loops behind it
             ) as ts,
             UdpTurn(ts.address) as c,
         ):
