@@ -482,6 +482,38 @@ def test_turnutils_uclient_zero_loss(running: Running, turnutils_peer: int, tran
     assert_no_loss(summary, 200)
 
 
+def test_channels_are_relayed_by_the_compiled_forwarder(
+    running: Running, turnutils_peer: int
+) -> None:
+    """The image's stunnerd runs the compiled forwarder (the shared object loads on the image's
+    C library, as its non-root user): uclient's channels (no -s) lose nothing, and
+    stunner_forwarder_packets grows by what they relayed."""
+
+    def forwarded() -> tuple[float, float]:
+        code, text = http_get(running.metrics_port, "/metrics")
+        assert code == 200, f"/metrics: {code} {text[:500]}"
+        active = sum(metric_values(text, "stunner_forwarder_active").values())
+        return active, sum(metric_values(text, "stunner_forwarder_packets_total").values())
+
+    active, before = forwarded()
+    assert active == 1, running.log_text()[-3000:]
+    args = ["-c", "-u", USERNAME, "-w", PASSWORD, "-p", str(running.turn_port)]
+    args += ["-e", "127.0.0.1", "-r", str(turnutils_peer), "-n", "100", "-m", "2", "-l", "200"]
+    proc = subprocess.run(
+        ["turnutils_uclient", *args, "-z", "5", "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    summary = parse_summary(out, out[-3000:])
+    assert summary.sent == 200, summary.output
+    assert_no_loss(summary, 200)
+    _, after = forwarded()
+    assert after - before >= 400, (before, after)  # 200 to the peer, 200 echoed back
+
+
 def metric_values(text: str, name: str) -> dict[str, float]:
     values: dict[str, float] = {}
     for line in text.splitlines():
