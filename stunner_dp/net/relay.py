@@ -20,7 +20,7 @@ from stunner_dp.config import ListenerConfig
 from stunner_dp.observe.logs import get_logger
 from stunner_dp.stun import FAMILY_IPV4, FAMILY_IPV6, data_indication
 from stunner_dp.turn.allocation import Allocation, Channel
-from stunner_dp.turn.types import Addr
+from stunner_dp.turn.types import Addr, Transport
 
 from . import gso
 from .counters import ListenerCounters
@@ -106,7 +106,13 @@ class RelaySocket:
         if allocation is None or self._reading or self._watched:
             return
         forwarder = self._pool.forwarder
-        if forwarder is not None and forwarder.watch(self._sock, True, self.receive):
+        # the thread relays only for UDP clients: a stream client's relay stays in the loop
+        # (every datagram would otherwise make a round trip through the thread for nothing)
+        if (
+            forwarder is not None
+            and allocation.transport == Transport.UDP
+            and forwarder.watch(self._sock, True, self.receive)
+        ):
             self._watched = True
         else:
             self._loop.add_reader(self._sock.fileno(), self._hot_reader(allocation))
