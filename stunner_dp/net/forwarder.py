@@ -39,6 +39,8 @@ from stunner_dp.observe.stats import ForwarderStats
 from stunner_dp.turn.allocation import Allocation, Channel
 from stunner_dp.turn.types import Addr, Transport
 
+from .counters import InstallFailures
+
 if TYPE_CHECKING:
     from .relay import RelaySocket
 
@@ -111,7 +113,7 @@ class ForwarderControl:
         self._view = memoryview(self._buffer)
         self._held = 0  # bytes of an incomplete record at the front of _buffer
         self.installs = 0
-        self.install_failures = 0
+        self._failures = InstallFailures("channel not in the compiled forwarder: Python relays it")
         self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
         self._fd = forwarder.handoff.fileno()
         loop.add_reader(self._fd, self._drain)
@@ -119,6 +121,10 @@ class ForwarderControl:
     @property
     def entries(self) -> int:
         return len(self._entries)
+
+    @property
+    def install_failures(self) -> int:
+        return self._failures.count
 
     # -- sockets -------------------------------------------------------------------------------
 
@@ -167,13 +173,7 @@ class ForwarderControl:
                 (channel.peer[0], channel.peer[1]),
             )  # fmt: skip
         except (ForwarderError, ValueError, OSError) as exc:
-            self.install_failures += 1
-            if self.install_failures == 1 or self.install_failures % 1000 == 0:
-                log.warning(
-                    "channel not in the compiled forwarder: Python relays it",
-                    error=str(exc),
-                    failures=self.install_failures,
-                )
+            self._failures.record(exc)  # a full table, an address of the other family
             return
         self._entries[channel] = _Entry(
             entry, channel, relay, alloc, listener.fileno(), relay.sock.fileno()

@@ -49,6 +49,7 @@ from stunner_dp.turn.allocation import Allocation, Channel
 from stunner_dp.turn.server import TurnServer
 from stunner_dp.turn.types import Transport
 
+from .counters import InstallFailures
 from .relay import RelayPool
 from .udp import UdpListener
 
@@ -101,7 +102,7 @@ class OffloadController:
         self._sources: dict[tuple[int, str], str] = {}
         self._local: dict[str, bool] = {}
         self.installs = 0
-        self.install_failures = 0
+        self._failures = InstallFailures("channel not offloaded: the user-space path relays it")
         # kernel-relayed totals, for stunner_offload_*: tx to peers, rx from peers
         self.tx_packets = self.tx_bytes = self.rx_packets = self.rx_bytes = 0
 
@@ -118,6 +119,10 @@ class OffloadController:
     @property
     def entries(self) -> int:
         return len(self._entries)
+
+    @property
+    def install_failures(self) -> int:
+        return self._failures.count
 
     def handle(self, channel: Channel) -> ChannelHandle | None:
         """The engine's handle of `channel`'s entry, None when it is not offloaded."""
@@ -147,13 +152,7 @@ class OffloadController:
             )
         except (OffloadError, ValueError, OSError) as exc:
             # full map, mixed families, a scoped address: Python relays this one
-            self.install_failures += 1
-            if self.install_failures == 1 or self.install_failures % 1000 == 0:
-                log.warning(
-                    "channel not offloaded: the user-space path relays it",
-                    error=str(exc),
-                    failures=self.install_failures,
-                )
+            self._failures.record(exc)
             return
         self._entries[channel] = _Entry(handle, channel)
         self.installs += 1
