@@ -315,7 +315,7 @@ class RelaySocket:
         # Stream clients and kernels without GSO: each frame is handed on by itself.
         recvfrom_into = self._sock.recvfrom_into
         pool = self._pool
-        _buf, view, payload_view = pool.buffer, pool.view, pool.payload_view
+        view, payload_view = pool.view, pool.payload_view
         ipv6 = self._sock.family == socket.AF_INET6
         for _ in range(READ_BATCH):
             try:
