@@ -1,39 +1,18 @@
 """Shared by the compiled-forwarder tests: the CI gate, a server whose UDP media path runs in
-the forwarder thread, and the proof that the thread (not Python) relayed.
-
-Proof that the thread relayed: a channel's own counters are bumped by the Python hot paths
-only, until `Server.stats()` folds the thread's per-entry counts in (as the kernel fast
-path's are). So with every packet delivered and those counters still 0 before the first
-`stats()`, no packet went through Python."""
+the forwarder thread, and a client relaying through it. The proof that the thread (not Python)
+relayed, and the relaying itself, are helpers.fast_path's (shared with the offload tests)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import pytest
-from helpers.hostile_kit import PeerSocket, UdpTurn, code, open_peer, relayed
+from helpers.fast_path import CH
+from helpers.gates import require_forwarder
+from helpers.hostile_kit import UdpTurn, code, open_peer, relayed
 
-from stunner_dp import stun
-from stunner_dp.forwarder import forwarder_unavailable_reason
 from stunner_dp.testing import TurnServerHandle, start_turn_server
-from stunner_dp.turn.allocation import Allocation, Channel
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-CH = 0x4000
-
-
-def require_forwarder() -> None:
-    """Skip where the shared object cannot load; in CI that is a failure, not a skip."""
-    reason = forwarder_unavailable_reason()
-    if reason is None:
-        return
-    if IN_CI:
-        pytest.fail(f"the compiled forwarder must be testable in CI: {reason}")
-    pytest.skip(f"compiled forwarder unavailable here: {reason}")
 
 
 def admin(**extra: Any) -> dict[str, Any]:
@@ -65,22 +44,6 @@ async def compiled_server(
         yield ts
 
 
-def allocations(ts: TurnServerHandle) -> list[Allocation]:
-    turn = ts.server.turn
-    assert turn is not None
-    return list(turn.all_allocations())
-
-
-def channels(ts: TurnServerHandle) -> list[Channel]:
-    return [ch for alloc in allocations(ts) for ch in alloc.bindings.values()]
-
-
-def python_relayed(ts: TurnServerHandle) -> tuple[int, int]:
-    """(to peers, to clients) counted by the Python hot paths (before any stats() fold)."""
-    chans = channels(ts)
-    return sum(c.out_packets for c in chans), sum(c.in_packets for c in chans)
-
-
 @asynccontextmanager
 async def relay_setup(
     host: str = "127.0.0.1", forwarder: str = "compiled", **overrides: Any
@@ -102,31 +65,3 @@ async def relay_setup(
     finally:
         if peer.transport is not None:
             peer.transport.close()
-
-
-async def settle(c: UdpTurn) -> None:
-    """A Binding answered after what was sent before it: the server (its thread, then Python,
-    in arrival order) handled those; a short pause lets lo deliver what they sent on."""
-    assert (await c.ask(stun.METHOD_BINDING, auth=False)).cls == stun.CLASS_SUCCESS
-    await asyncio.sleep(0.05)
-
-
-def tagged(peer: PeerSocket, tag: bytes) -> int:
-    return sum(d.startswith(tag) for d, _ in peer.got)
-
-
-async def both_ways(s: dict[str, Any], n: int, tag: bytes) -> tuple[int, int]:
-    """Send n each way; (datagrams the peer got, ChannelData on CH the client got) with `tag`."""
-    c, peer, relay = s["c"], s["peer"], s["relay"]
-    peer.got.clear()
-    for i in range(n):
-        c.send(stun.encode_channel_data(CH, tag + b"-%d" % i))
-    for _ in range(300):  # bounded: 3 s
-        if tagged(peer, tag) >= n:
-            break
-        await asyncio.sleep(0.01)
-    for i in range(n):
-        peer.sendto(tag + b"-%d" % i, relay)
-    got = await c.received(0.3)
-    back = [g for g in got if g[4:].startswith(tag) and g[:2] == CH.to_bytes(2, "big")]
-    return tagged(peer, tag), len(back)

@@ -10,25 +10,17 @@ mode, by running that module's tests with every Server constructed under a force
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.fast_path import access_e2e_tests
 
 from forwarder.kit import require_forwarder
 from stunner_dp.config import StunnerConfig
 from stunner_dp.net.runtime import Server
 
-_PATH = Path(__file__).resolve().parents[1] / "hostile" / "test_access_e2e.py"
-_spec = importlib.util.spec_from_file_location("access_e2e_forwarder_modes", _PATH)
-assert _spec is not None and _spec.loader is not None
-_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_module)
-for _name in dir(_module):
-    if _name.startswith("test_"):
-        globals()[_name] = getattr(_module, _name)
+globals().update(access_e2e_tests("access_e2e_forwarder_modes"))
 
 
 @pytest.fixture(autouse=True, params=["python", "compiled"])

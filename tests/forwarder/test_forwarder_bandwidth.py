@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from helpers.fast_path import allocations
 from helpers.hostile_kit import PeerSocket, UdpTurn, code, open_peer, relayed
 from helpers.waits import until
 
-from forwarder.kit import CH, admin, allocations, compiled_server
+from forwarder.kit import CH, admin, compiled_server
 from stunner_dp import stun
 from stunner_dp.net.relay import RelaySocket
 from stunner_dp.testing import TurnServerHandle, ephemeral_credentials
@@ -43,6 +44,14 @@ async def flood(c: UdpTurn, rate: float, seconds: float) -> None:
         await asyncio.sleep(0.01)
 
 
+async def to_peer(c: UdpTurn, peer: PeerSocket, tag: bytes, n: int) -> None:
+    """n ChannelData on CH, each `tag`-i, all of them at the peer."""
+    peer.got.clear()
+    for i in range(n):
+        c.send(stun.encode_channel_data(CH, tag + b"-%d" % i))
+    assert await until(lambda: len(peer.got) == n)
+
+
 async def test_a_capped_user_leaves_the_thread_and_comes_back() -> None:
     peers: list[PeerSocket] = [await open_peer("127.0.0.1") for _ in range(2)]
     config: dict[str, Any] = {
@@ -69,10 +78,7 @@ async def test_a_capped_user_leaves_the_thread_and_comes_back() -> None:
             assert not in_thread(ts, "alice") and in_thread(ts, "bob")
             assert ts.server.stats().forwarder.entries == 1
             fwd0 = ts.server.stats().forwarder
-            peers[1].got.clear()
-            for i in range(5):
-                bob.send(stun.encode_channel_data(CH, b"bob-%d" % i))
-            assert await until(lambda: len(peers[1].got) == 5)
+            await to_peer(bob, peers[1], b"bob", 5)
             fwd = ts.server.stats().forwarder
             assert fwd.tx_packets - fwd0.tx_packets == 5  # bob's, by the thread
             # what alice sends now is Python's (the bucket's), none of it the thread's
@@ -89,10 +95,7 @@ async def test_a_capped_user_leaves_the_thread_and_comes_back() -> None:
             assert in_thread(ts, "alice")
             assert ts.server.stats().forwarder.entries == 2
             back0 = ts.server.stats().forwarder
-            peers[0].got.clear()
-            for i in range(10):
-                alice.send(stun.encode_channel_data(CH, b"again-%d" % i))
-            assert await until(lambda: len(peers[0].got) == 10)
+            await to_peer(alice, peers[0], b"again", 10)
             for i in range(10):
                 peers[0].sendto(b"reply-%d" % i, relays["alice"])
             got = [g for g in await alice.received(0.3) if g[:2] == CH.to_bytes(2, "big")]

@@ -8,16 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from typing import Any
 
 import pytest
+from helpers.fast_path import (
+    CH,
+    both_ways,
+    channels,
+    check_wire_counts,
+    delete_allocation,
+    expire_channel,
+    expire_permission,
+    nothing_moves,
+    python_relayed,
+    revoke_peer,
+    settle,
+)
 from helpers.hostile_kit import UdpTurn, code, open_peer, relayed
 from helpers.waits import until
 
-from forwarder.kit import CH, both_ways, channels, python_relayed, relay_setup, settle
+from forwarder.kit import relay_setup
 from stunner_dp import stun
-from stunner_dp.config import parse_config
 from stunner_dp.turn import allocation as allocation_module
 
 N = 200
@@ -41,28 +52,16 @@ async def test_the_thread_relays_every_packet_and_the_metrics_count_them(host: s
         assert (fwd.tx_bytes, fwd.rx_bytes) == (payload, payload)
         assert fwd.handed_off == handed0  # not one of the 2N went to Python
         assert fwd.handoff_dropped == 0
-        lis, lis0 = after.listeners["udp-listener"], before.listeners["udp-listener"]
-        # wire bytes: payload + the 4-byte ChannelData header
-        assert (lis.rx_packets - lis0.rx_packets, lis.tx_packets - lis0.tx_packets) == (N, N)
-        assert lis.rx_bytes - lis0.rx_bytes == payload + 4 * N
-        assert lis.tx_bytes - lis0.tx_bytes == payload + 4 * N
-        cl = after.clusters["peers"]
-        assert (cl.tx_packets, cl.rx_packets, cl.tx_bytes, cl.rx_bytes) == (N, N, payload, payload)
+        check_wire_counts(before, after, N, payload)
         assert ts.server.stats().forwarder.tx_packets == N  # a second fold adds nothing
 
 
 async def _stopped(s: dict[str, Any], tag: bytes) -> None:
-    """After the channel ended, nothing of `tag` moves either way, in the thread or in Python:
-    no datagram reaches the peer, no ChannelData the client, and the entry is gone."""
-    c, peer, relay, ts = s["c"], s["peer"], s["relay"], s["ts"]
-    peer.got.clear()
+    """After the channel ended, nothing of `tag` moves either way, in the thread or in Python,
+    and the entry is gone."""
+    ts = s["ts"]
     tx0 = ts.server.stats().forwarder.tx_packets
-    c.send(stun.encode_channel_data(CH, tag))
-    peer.sendto(tag, relay)
-    await settle(c)
-    got = await c.received(0.2)
-    assert not any(d == tag for d, _ in peer.got), peer.got
-    assert not any(g[:2] == CH.to_bytes(2, "big") for g in got), got
+    await nothing_moves(s, tag)
     fwd = ts.server.stats().forwarder
     assert (fwd.entries, fwd.tx_packets) == (0, tx0)
 
@@ -70,7 +69,7 @@ async def _stopped(s: dict[str, Any], tag: bytes) -> None:
 async def test_an_expired_permission_stops_forwarding_at_once() -> None:
     async with relay_setup() as s:
         assert await both_ways(s, 3, b"a") == (3, 3)
-        s["ts"].server.tick(time.time() + allocation_module.PERMISSION_LIFETIME + 1)
+        expire_permission(s)
         await _stopped(s, b"after-permission")
 
 
@@ -78,9 +77,7 @@ async def test_an_expired_channel_stops_forwarding_at_once(monkeypatch: pytest.M
     monkeypatch.setattr(allocation_module, "CHANNEL_LIFETIME", 60.0)
     async with relay_setup() as s:
         assert await both_ways(s, 3, b"a") == (3, 3)
-        s["ts"].server.tick(time.time() + 61)  # the permission (300 s) lives on
-        turn = s["ts"].server.turn
-        assert turn is not None and CH in next(iter(turn.all_allocations())).held
+        expire_channel(s, monkeypatch)
         await _stopped(s, b"after-channel")
         # the permission lives: the peer's datagrams come as Data indications now
         s["peer"].sendto(b"as-indication", s["relay"])
@@ -90,21 +87,17 @@ async def test_an_expired_channel_stops_forwarding_at_once(monkeypatch: pytest.M
 
 async def test_a_config_that_revokes_the_peer_stops_forwarding_at_once() -> None:
     async with relay_setup() as s:
-        ts = s["ts"]
         assert await both_ways(s, 3, b"a") == (3, 3)
-        config = dict(ts.config)
-        config["clusters"] = [{**config["clusters"][0], "endpoints": ["127.0.0.2"]}]
-        await ts.server.apply(parse_config(config))
-        assert ts.server.forwarder is not None  # still on, the entry gone
+        await revoke_peer(s)
+        assert s["ts"].server.forwarder is not None  # still on, the entry gone
         await _stopped(s, b"after-config")
 
 
 async def test_deleting_the_allocation_stops_forwarding_at_once() -> None:
     async with relay_setup() as s:
-        c, ts = s["c"], s["ts"]
+        ts = s["ts"]
         assert await both_ways(s, 3, b"a") == (3, 3)
-        refresh = await c.ask(stun.METHOD_REFRESH, [(stun.ATTR_LIFETIME, stun.encode_u32(0))])
-        assert code(refresh) == 0
+        await delete_allocation(s)
         assert ts.server.allocation_count == 0
         await _stopped(s, b"after-delete")
         # the deleted allocation's thread counts were folded in before its entry went

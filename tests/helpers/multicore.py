@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,9 +103,19 @@ def _stopped_by_pid(process: subprocess.Popen[bytes], workers: list[int]) -> Ite
 
 @asynccontextmanager
 async def run_daemon(
-    tmp_path: Path, workers: int = 2, protocols: Sequence[str] = ("TURN-UDP", "TURN-TCP")
+    tmp_path: Path,
+    workers: int = 2,
+    protocols: Sequence[str] = ("TURN-UDP", "TURN-TCP"),
+    *,
+    name: str = "multicore-test",
+    admin: Mapping[str, Any] | None = None,
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    **config_overrides: Any,
 ) -> AsyncIterator[Daemon]:
-    """`stunnerd -u workers` on free ports, stopped (and its workers) by PID at the end."""
+    """`stunnerd -u workers` on free ports, stopped (and its workers) by PID at the end.
+    `admin` adds to the admin section, `args` to the command line, `config_overrides` go to
+    `make_config` (e.g. `endpoints=`); `env` replaces the environment."""
     low, high = relay_window(200)
     for _attempt in range(3):
         port, mport, hport = free_port(), free_port(tcp=True, udp=False), free_port()
@@ -115,20 +125,24 @@ async def run_daemon(
             min_relay_port=low,
             max_relay_port=high,
             admin={
-                "name": "multicore-test",
+                "name": name,
                 "loglevel": "all:INFO",
                 "metrics_endpoint": f"http://127.0.0.1:{mport}/metrics",
                 "healthcheck_endpoint": f"http://127.0.0.1:{hport}",
+                **(admin or {}),
             },
+            **config_overrides,
         )
         path = tmp_path / "stunnerd.json"
         path.write_text(json.dumps(config))
         log = tmp_path / "stunnerd.log"
+        command = [sys.executable, "-m", "stunner_dp.cli", "-c", str(path), "-w"]
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "stunner_dp.cli", "-c", str(path), "-w", "-u", str(workers)],
+                [*command, "-u", str(workers), *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env=None if env is None else dict(env),
             )
         daemon = Daemon(process, port, mport, hport, path, log)
         seen: list[int] = []
@@ -145,8 +159,10 @@ async def run_daemon(
                 if len(seen) == workers:
                     break
                 await asyncio.sleep(0.05)
-            yield daemon
-            seen[:] = sorted(set(seen) | set(daemon.workers()))
+            try:
+                yield daemon
+            finally:
+                seen[:] = sorted(set(seen) | set(daemon.workers()))
             return
     raise AssertionError("stunnerd did not start:\n" + log.read_text())
 

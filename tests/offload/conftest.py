@@ -19,20 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.gates import require_offload as require_offload
 
-from stunner_dp.offload import OffloadEngine, offload_unavailable_reason
+from stunner_dp.offload import OffloadEngine
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CLONE_NEWNET = 0x40000000
-
-
-def require_offload() -> None:
-    reason = offload_unavailable_reason()
-    if reason is None:
-        return
-    if IN_CI:
-        pytest.fail(f"offload must be testable in CI: {reason}")
-    pytest.skip(f"kernel offload unavailable here: {reason}")
 
 
 @pytest.fixture
@@ -46,6 +37,7 @@ def lo_engine() -> Iterator[OffloadEngine]:
 
 
 # -- packets --------------------------------------------------------------------------------
+
 
 def channeldata(channel: int, data: bytes, length: int | None = None, pad: bytes = b"") -> bytes:
     return struct.pack("!HH", channel, len(data) if length is None else length) + data + pad
@@ -71,8 +63,9 @@ def udp_checksum(src: str, dst: str, udp: bytes) -> int:
     return c or 0xFFFF
 
 
-def udp_datagram(src: tuple[str, int], dst: tuple[str, int], payload: bytes,
-                 zero_checksum: bool = False) -> bytes:
+def udp_datagram(
+    src: tuple[str, int], dst: tuple[str, int], payload: bytes, zero_checksum: bool = False
+) -> bytes:
     hdr = struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0)
     if zero_checksum:
         return hdr + payload
@@ -88,8 +81,13 @@ class RawSender:
         self.sock = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_UDP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 
-    def send(self, src: tuple[str, int], dst: tuple[str, int], payload: bytes,
-             zero_checksum: bool = False) -> None:
+    def send(
+        self,
+        src: tuple[str, int],
+        dst: tuple[str, int],
+        payload: bytes,
+        zero_checksum: bool = False,
+    ) -> None:
         self.sock.sendto(udp_datagram(src, dst, payload, zero_checksum), (dst[0], 0))
 
     def close(self) -> None:
@@ -132,17 +130,30 @@ def snmp_udp(netns: str | None = None) -> dict[str, int]:
     if netns is None:
         text = Path("/proc/net/snmp").read_text()
     else:
-        text = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"],
-                              check=True, capture_output=True, text=True, timeout=10).stdout
+        text = subprocess.run(
+            ["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     rows = [ln.split() for ln in text.splitlines() if ln.startswith("Udp:")]
     return dict(zip(rows[0][1:], map(int, rows[1][1:]), strict=True))
 
 
 def snmp6_udp_csum_errors(netns: str | None = None) -> int:
     path = "/proc/net/snmp6"
-    text = Path(path).read_text() if netns is None else subprocess.run(
-        ["ip", "netns", "exec", netns, "cat", path], check=True, capture_output=True,
-        text=True, timeout=10).stdout
+    text = (
+        Path(path).read_text()
+        if netns is None
+        else subprocess.run(
+            ["ip", "netns", "exec", netns, "cat", path],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+    )
     for ln in text.splitlines():
         k, _, v = ln.partition(" ")
         if k == "Udp6InCsumErrors":

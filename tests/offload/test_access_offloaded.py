@@ -7,25 +7,17 @@ the rules do not allow, also after a live config change."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require_offload
+from helpers.fast_path import access_e2e_tests
+from helpers.gates import require_offload
 
 from stunner_dp.config import StunnerConfig, parse_config
 from stunner_dp.net.runtime import Server
 
-_PATH = Path(__file__).resolve().parents[1] / "hostile" / "test_access_e2e.py"
-_spec = importlib.util.spec_from_file_location("access_e2e_offloaded", _PATH)
-assert _spec is not None and _spec.loader is not None
-_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_module)
-for _name in dir(_module):
-    if _name.startswith("test_"):
-        globals()[_name] = getattr(_module, _name)
+globals().update(access_e2e_tests("access_e2e_offloaded"))
 
 
 def _offloaded(config: StunnerConfig | Any) -> StunnerConfig:

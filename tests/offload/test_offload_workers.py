@@ -9,170 +9,30 @@ relayed, `stunner_offload_packets` only the kernel's; both equal what was sent."
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from pathlib import Path
 
-from conftest import require_offload
-from helpers.hostile_kit import PeerSocket, UdpTurn, code, open_peer, relayed
-from helpers.multicore import Daemon, alive, metric, wait_for_metric
+from helpers.fast_path_workers import check_counted_once, relay_over_both_workers, two_worker_daemon
+from helpers.gates import require_offload
+from helpers.hostile_kit import open_peer
 
-from stunner_dp import stun
-from stunner_dp.testing import free_port, make_config, relay_window
-
-CLIENTS = 16  # source ports the kernel spreads over both workers' reuseport sockets
-PACKETS = 20  # each way, per client
-CH = 0x4000
 OFFLOAD = {"offload_engine": "TC", "offload_interfaces": ["lo"]}
-Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@asynccontextmanager
-async def offloaded_daemon(tmp: Path, peer_port: int) -> AsyncIterator[Daemon]:
-    """`stunnerd -u 2` with the offload on lo, stopped with its workers by PID."""
-    low, high = relay_window(200)
-    port, mport, hport = free_port(), free_port(tcp=True, udp=False), free_port()
-    admin = {
-        "name": "offload-workers",
-        "loglevel": "all:INFO",
-        "metrics_endpoint": f"http://127.0.0.1:{mport}/metrics",
-        "healthcheck_endpoint": f"http://127.0.0.1:{hport}",
-        **OFFLOAD,
-    }
-    config = make_config(
-        port=port,
-        protocols=("TURN-UDP",),
-        min_relay_port=low,
-        max_relay_port=high,
-        endpoints=[f"127.0.0.1:<{peer_port}-{peer_port}>"],
-        admin=admin,
-    )
-    path = tmp / "stunnerd.json"
-    path.write_text(json.dumps(config))
-    log = tmp / "stunnerd.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stunner_dp.cli", "-c", str(path), "-w", "-u", "2"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    daemon = Daemon(proc, port, mport, hport, path, log)
-    workers: list[int] = []
-    try:
-        for _ in range(300):
-            if proc.poll() is not None or await daemon.ready():
-                break
-            await asyncio.sleep(0.05)
-        assert await daemon.ready(), log.read_text(errors="replace")
-        for _ in range(100):
-            workers[:] = daemon.workers()
-            if len(workers) == 2:
-                break
-            await asyncio.sleep(0.05)
-        assert len(workers) == 2, log.read_text(errors="replace")
-        yield daemon
-    finally:
-        workers[:] = sorted(set(workers) | set(daemon.workers()))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        for pid in workers:
-            if alive(pid):
-                with suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-
-def figure(m: Metrics, metric_name: str, /, **labels: str) -> float:
-    return m.get((metric_name, tuple(sorted(labels.items()))), 0.0)
-
-
-async def until_all_arrived(peer: PeerSocket, n: int) -> None:
-    for _ in range(500):
-        if len(peer.got) >= n:
-            return
-        await asyncio.sleep(0.01)
 
 
 async def test_both_workers_offload_and_the_supervisor_counts_once(tmp_path: Path) -> None:
     require_offload()
     peer = await open_peer("127.0.0.1")
     try:
-        async with offloaded_daemon(tmp_path, peer.address[1]) as daemon, AsyncExitStack() as st:
-            m = await wait_for_metric(
+        async with two_worker_daemon(
+            tmp_path, peer.address[1], name="offload-workers", admin=OFFLOAD
+        ) as daemon:
+            relayed = await relay_over_both_workers(
                 daemon,
-                lambda m: figure(m, "stunner_offload_active") == 2,
-                "both workers loaded their program",
+                peer,
+                "stunner_offload_",
+                loaded="both workers loaded their program",
+                counted="the kernel's counts reached the supervisor",
             )
-            clients: list[tuple[UdpTurn, tuple[str, int]]] = []
-            for _ in range(CLIENTS):
-                c = await st.enter_async_context(UdpTurn(daemon.address))
-                relay = relayed(await c.allocate())
-                assert code(await c.bind(CH, peer.address)) == 0
-                clients.append((c, relay))
-            m = await wait_for_metric(
-                daemon,
-                lambda m: figure(m, "stunner_offload_entries") == CLIENTS,
-                "every client's channel installed",
-            )
-            per_worker = {
-                w: metric(m, "stunner_worker_allocations_active", worker=w) for w in ("0", "1")
-            }
-            assert sum(per_worker.values()) == CLIENTS
-            assert all(v > 0 for v in per_worker.values()), f"one worker took all: {per_worker}"
-            before = m
-
-            payload = 0
-            for n, (c, _) in enumerate(clients):
-                for i in range(PACKETS):
-                    data = b"c%02d-%02d" % (n, i)
-                    payload += len(data)
-                    c.send(stun.encode_channel_data(CH, data))
-                # one client's burst at a time: the peer's receive buffer holds ~250 datagrams
-                await until_all_arrived(peer, (n + 1) * PACKETS)
-            assert len(peer.got) == CLIENTS * PACKETS  # zero loss to the peer
-            for n, (_, relay) in enumerate(clients):
-                for i in range(PACKETS):
-                    peer.sendto(b"p%02d-%02d" % (n, i), relay)
-            for n, (c, _) in enumerate(clients):
-                back = [g for g in await c.received(0.3) if g[:2] == CH.to_bytes(2, "big")]
-                assert len(back) == PACKETS, f"client {n}: {len(back)} of {PACKETS} back"
-
-            total = CLIENTS * PACKETS
-            m = await wait_for_metric(
-                daemon,
-                lambda m: figure(m, "stunner_offload_packets_total", direction="rx") >= total,
-                "the kernel's counts reached the supervisor",
-            )
-            check_counted_once(before, m, total, payload)
+        check_counted_once(relayed, "stunner_offload_")
     finally:
         if peer.transport is not None:
             peer.transport.close()
-
-
-def check_counted_once(before: Metrics, after: Metrics, total: int, payload: int) -> None:
-    def delta(metric_name: str, /, **labels: str) -> float:
-        return figure(after, metric_name, **labels) - figure(before, metric_name, **labels)
-
-    assert figure(after, "stunner_offload_active") == 2
-    assert figure(after, "stunner_offload_entries") == CLIENTS
-    for d in ("tx", "rx"):
-        # the kernel relayed every packet, counted once over both workers
-        assert figure(after, "stunner_offload_packets_total", direction=d) == total, d
-        assert figure(after, "stunner_offload_bytes_total", direction=d) == payload, d
-        # the cluster (Python's and the kernel's): the same, so Python relayed none
-        assert figure(after, "stunner_cluster_packets_total", name="peers", direction=d) == total
-        assert figure(after, "stunner_cluster_bytes_total", name="peers", direction=d) == payload
-        # the listener: each ChannelData once, with its 4-byte header
-        listener = {"name": "udp-listener", "direction": d}
-        assert delta("stunner_listener_packets_total", **listener) == total, d
-        assert delta("stunner_listener_bytes_total", **listener) == payload + 4 * total, d

@@ -10,13 +10,23 @@ them all."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from conftest import require_offload
+from helpers.fast_path import (
+    CH,
+    both_ways,
+    check_wire_counts,
+    delete_allocation,
+    expire_channel,
+    expire_permission,
+    nothing_moves,
+    revoke_peer,
+    settle,
+)
+from helpers.gates import require_offload
 from helpers.hostile_kit import UdpTurn, code, open_peer, relayed
 from helpers.waits import until
 
@@ -26,7 +36,6 @@ from stunner_dp.testing import TurnServerHandle, start_turn_server
 from stunner_dp.turn import allocation as allocation_module
 from stunner_dp.turn.allocation import Channel
 
-CH = 0x4000
 N = 200
 OFFLOAD = {"offload_engine": "TC", "offload_interfaces": ["lo"]}
 
@@ -73,26 +82,6 @@ def channel(ts: TurnServerHandle, number: int = CH) -> Channel:
     return alloc.bindings[number]
 
 
-async def settle(c: UdpTurn) -> None:
-    """A Binding answered after what was sent before it: the server (and lo) handled those."""
-    assert (await c.ask(stun.METHOD_BINDING, auth=False)).cls == stun.CLASS_SUCCESS
-    await asyncio.sleep(0.05)
-
-
-async def both_ways(s: dict[str, Any], n: int, tag: bytes) -> tuple[int, int]:
-    """Send n each way; (datagrams the peer got, ChannelData the client got) with `tag`."""
-    c, peer, relay = s["c"], s["peer"], s["relay"]
-    peer.got.clear()
-    for i in range(n):
-        c.send(stun.encode_channel_data(CH, tag + b"-%d" % i))
-    await until(lambda: sum(d.startswith(tag) for d, _ in peer.got) >= n)
-    for i in range(n):
-        peer.sendto(tag + b"-%d" % i, relay)
-    got = await c.received(0.3)
-    back = [g for g in got if g[4:].startswith(tag) and g[:2] == CH.to_bytes(2, "big")]
-    return sum(d.startswith(tag) for d, _ in peer.got), len(back)
-
-
 async def test_the_kernel_relays_every_packet_and_the_metrics_count_them() -> None:
     async with relay_setup() as s:
         ts = s["ts"]
@@ -109,33 +98,19 @@ async def test_the_kernel_relays_every_packet_and_the_metrics_count_them() -> No
         assert (off.tx_packets, off.rx_packets) == (N, N)
         payload = sum(len(b"k-%d" % i) for i in range(N))
         assert (off.tx_bytes, off.rx_bytes) == (payload, payload)
-        lis, lis0 = after.listeners["udp-listener"], before.listeners["udp-listener"]
-        # wire bytes: payload + the 4-byte ChannelData header
-        assert lis.rx_packets - lis0.rx_packets == N
-        assert lis.tx_packets - lis0.tx_packets == N
-        assert lis.rx_bytes - lis0.rx_bytes == payload + 4 * N
-        assert lis.tx_bytes - lis0.tx_bytes == payload + 4 * N
-        cl = after.clusters["peers"]
-        assert (cl.tx_packets, cl.rx_packets, cl.tx_bytes, cl.rx_bytes) == (N, N, payload, payload)
+        check_wire_counts(before, after, N, payload)
 
 
 async def _stopped(s: dict[str, Any], tag: bytes) -> None:
     """After the channel ended, nothing of `tag` moves either way, in the kernel or in Python."""
-    c, peer, relay = s["c"], s["peer"], s["relay"]
-    peer.got.clear()
-    c.send(stun.encode_channel_data(CH, tag))
-    peer.sendto(tag, relay)
-    await settle(c)
-    got = await c.received(0.2)
-    assert not any(d == tag for d, _ in peer.got), peer.got
-    assert not any(g[:2] == CH.to_bytes(2, "big") for g in got), got
+    await nothing_moves(s, tag)
     assert s["ts"].server.stats().offload.entries == 0
 
 
 async def test_an_expired_permission_stops_forwarding_at_once() -> None:
     async with relay_setup() as s:
         assert await both_ways(s, 3, b"a") == (3, 3)
-        s["ts"].server.tick(time.time() + allocation_module.PERMISSION_LIFETIME + 1)
+        expire_permission(s)
         await _stopped(s, b"after-permission")
 
 
@@ -143,30 +118,23 @@ async def test_an_expired_channel_stops_forwarding_at_once(monkeypatch: pytest.M
     monkeypatch.setattr(allocation_module, "CHANNEL_LIFETIME", 60.0)
     async with relay_setup() as s:
         assert await both_ways(s, 3, b"a") == (3, 3)
-        s["ts"].server.tick(time.time() + 61)  # the permission (300 s) lives on
-        turn = s["ts"].server.turn
-        assert turn is not None and CH in next(iter(turn.all_allocations())).held
+        expire_channel(s, monkeypatch)
         await _stopped(s, b"after-channel")
 
 
 async def test_a_config_that_revokes_the_peer_stops_forwarding_at_once() -> None:
     async with relay_setup() as s:
-        ts = s["ts"]
         assert await both_ways(s, 3, b"a") == (3, 3)
-        config = dict(ts.config)
-        config["clusters"] = [{**config["clusters"][0], "endpoints": ["127.0.0.2"]}]
-        await ts.server.apply(parse_config(config))
-        assert ts.server.offload.controller is not None  # still on, entry gone
+        await revoke_peer(s)
+        assert s["ts"].server.offload.controller is not None  # still on, entry gone
         await _stopped(s, b"after-config")
 
 
 async def test_deleting_the_allocation_stops_forwarding_at_once() -> None:
     async with relay_setup() as s:
-        c = s["c"]
         assert await both_ways(s, 3, b"a") == (3, 3)
         totals = s["ts"].server.stats().clusters["peers"]
-        refresh = await c.ask(stun.METHOD_REFRESH, [(stun.ATTR_LIFETIME, stun.encode_u32(0))])
-        assert code(refresh) == 0
+        await delete_allocation(s)
         await _stopped(s, b"after-delete")
         # the deleted allocation's kernel counts were folded in before it went
         assert s["ts"].server.stats().clusters["peers"].tx_packets == totals.tx_packets == 3
