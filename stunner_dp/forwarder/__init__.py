@@ -133,7 +133,10 @@ def forwarder_unavailable_reason() -> str | None:
 
 
 def _packed_ip(family: int, host: str) -> ctypes.Array[ctypes.c_uint8]:
-    raw = socket.inet_pton(family, host)  # ValueError/OSError for a name of the other family
+    try:
+        raw = socket.inet_pton(family, host)
+    except OSError as exc:  # an address of the other family (or no address at all)
+        raise ValueError(f"{host!r} is not an address of the socket's family") from exc
     return (ctypes.c_uint8 * 16).from_buffer_copy(raw.ljust(16, b"\0"))
 
 

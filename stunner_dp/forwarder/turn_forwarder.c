@@ -86,7 +86,8 @@ struct fwd {
     uint32_t capacity, buckets_mask;
     struct entry *entries;
     int32_t *fwd_buckets, *rev_buckets;
-    int32_t free_head;
+    int32_t free_head;  // entries removed, for reuse (-1: none)
+    uint32_t fresh;     // entries below this index have been used: the rest are untouched
     uint32_t used;
     struct watch *watches;
     int watch_cap;
@@ -427,9 +428,10 @@ struct fwd *fwd_new(int handoff_fd, uint32_t max_entries) {
     }
     memset(f->fwd_buckets, 0xff, buckets * sizeof(int32_t));
     memset(f->rev_buckets, 0xff, buckets * sizeof(int32_t));
-    for (uint32_t i = 0; i < max_entries; i++)
-        f->entries[i].fwd_next = i + 1 < max_entries ? (int32_t)(i + 1) : -1;
-    f->free_head = 0;
+    // entries are taken in order (fresh) before any is reused: the table's pages stay
+    // unmapped until that many channels exist (calloc'd memory is mapped lazily)
+    f->free_head = -1;
+    f->fresh = 0;
     struct epoll_event wake = {.events = EPOLLIN, .data.fd = f->wake_fd};
     struct epoll_event out = {.events = EPOLLIN, .data.fd = handoff_fd};
     if (epoll_ctl(f->epoll_fd, EPOLL_CTL_ADD, f->wake_fd, &wake) < 0 ||
@@ -557,7 +559,7 @@ int fwd_unwatch(struct fwd *f, int fd) {
         epoll_ctl(f->epoll_fd, EPOLL_CTL_DEL, fd, NULL);
         // Python removes a relay's entries before it closes the relay; this sweep is the
         // safety net (and a closing listener's case), skipped when nothing refers to fd
-        for (uint32_t i = 0; f->watches[fd].refs > 0 && i < f->capacity; i++) {
+        for (uint32_t i = 0; f->watches[fd].refs > 0 && i < f->fresh; i++) {
             struct entry *e = &f->entries[i];
             if (e->used && (e->listener_fd == fd || e->relay_fd == fd))
                 remove_entry(f, (int32_t)i);
@@ -598,12 +600,13 @@ int fwd_add(struct fwd *f, int listener_fd, uint8_t client_family, const uint8_t
         rc = -EBADF;  // a direction nobody would read
     } else if (find_fwd(f, listener_fd, &client, channel) || find_rev(f, relay_fd, &peer)) {
         rc = -EEXIST;
-    } else if (f->free_head < 0) {
+    } else if (f->free_head < 0 && f->fresh >= f->capacity) {
         rc = -ENOSPC;
     } else {
-        int32_t id = f->free_head;
+        int32_t id = f->free_head >= 0 ? f->free_head : (int32_t)f->fresh++;
         struct entry *e = &f->entries[id];
-        f->free_head = e->fwd_next;
+        if (id == f->free_head)
+            f->free_head = e->fwd_next;
         memset(e, 0, sizeof *e);
         e->used = 1;
         e->listener_fd = listener_fd;
