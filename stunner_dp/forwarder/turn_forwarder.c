@@ -514,6 +514,18 @@ void fwd_stop(struct fwd *f) {
     (void)!write(f->wake_fd, &one, sizeof one);
 }
 
+// Forget `fd`: its entries go, and it is no longer watched. Python removes a relay's entries
+// before it closes the relay; this sweep is the safety net (and a closing listener's case),
+// skipped when nothing refers to fd.
+static void drop_entries_of(struct fwd *f, int fd) {
+    for (uint32_t i = 0; f->watches[fd].refs > 0 && i < f->fresh; i++) {
+        struct entry *e = &f->entries[i];
+        if (e->used && (e->listener_fd == fd || e->relay_fd == fd))
+            remove_entry(f, (int32_t)i);
+    }
+    f->watches[fd].active = 0;
+}
+
 // Read `fd` in the thread from now on; its handed-off datagrams carry `token`.
 int fwd_watch(struct fwd *f, int fd, int kind, uint32_t token) {
     if (fd < 0 || (kind != KIND_LISTENER && kind != KIND_RELAY))
@@ -533,11 +545,16 @@ int fwd_watch(struct fwd *f, int fd, int kind, uint32_t token) {
         f->watches = grown;
         f->watch_cap = cap;
     }
-    if (f->watches[fd].active) {
-        rc = -EEXIST;
-        goto out;
-    }
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    if (f->watches[fd].active) {
+        if (epoll_ctl(f->epoll_fd, EPOLL_CTL_MOD, fd, &ev) == 0) {
+            rc = -EEXIST;  // watched, and still the same open socket
+            goto out;
+        }
+        // A watched socket was closed without fwd_unwatch (epoll dropped it) and its number
+        // reused: nothing may still send through the old one's entries.
+        drop_entries_of(f, fd);
+    }
     if (epoll_ctl(f->epoll_fd, EPOLL_CTL_ADD, fd, &ev) < 0) {
         rc = -errno;
         goto out;
@@ -557,14 +574,7 @@ int fwd_unwatch(struct fwd *f, int fd) {
         rc = -ENOENT;
     } else {
         epoll_ctl(f->epoll_fd, EPOLL_CTL_DEL, fd, NULL);
-        // Python removes a relay's entries before it closes the relay; this sweep is the
-        // safety net (and a closing listener's case), skipped when nothing refers to fd
-        for (uint32_t i = 0; f->watches[fd].refs > 0 && i < f->fresh; i++) {
-            struct entry *e = &f->entries[i];
-            if (e->used && (e->listener_fd == fd || e->relay_fd == fd))
-                remove_entry(f, (int32_t)i);
-        }
-        f->watches[fd].active = 0;
+        drop_entries_of(f, fd);
     }
     pthread_mutex_unlock(&f->mu);
     return rc;

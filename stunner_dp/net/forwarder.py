@@ -132,6 +132,11 @@ class ForwarderControl:
         """Hand `sock` to the thread; False when it refuses (the caller reads it itself)."""
         token = self._next_token
         self._next_token = token % 0xFFFFFFFF + 1
+        stale = self._tokens.pop(sock.fileno(), None)
+        if stale is not None:  # a socket closed without unwatch had this number: forget it
+            self._receivers.pop(stale, None)  # (the thread forgets it and its entries too)
+            for channel in list(self._by_fd.get(sock.fileno(), ())):
+                self._forget(channel)
         try:
             self.forwarder.watch(sock, KIND_RELAY if relay else KIND_LISTENER, token)
         except ForwarderError as exc:
@@ -184,17 +189,21 @@ class ForwarderControl:
 
     def unbind(self, channel: Channel) -> None:
         """The thread stops relaying `channel` before this returns; its counts are folded."""
+        entry = self._forget(channel)
+        if entry is not None:
+            self._fold_one(entry)
+            self.forwarder.remove(entry.id)
+
+    def _forget(self, channel: Channel) -> _Entry | None:
         entry = self._entries.pop(channel, None)
-        if entry is None:
-            return
-        for fd in (entry.listener_fd, entry.relay_fd):
-            channels = self._by_fd.get(fd)
-            if channels is not None:
-                channels.discard(channel)
-                if not channels:
-                    del self._by_fd[fd]
-        self._fold_one(entry)
-        self.forwarder.remove(entry.id)
+        if entry is not None:
+            for fd in (entry.listener_fd, entry.relay_fd):
+                channels = self._by_fd.get(fd)
+                if channels is not None:
+                    channels.discard(channel)
+                    if not channels:
+                        del self._by_fd[fd]
+        return entry
 
     def fold(self) -> None:
         """Add what the thread relayed since the last read into each channel's Traffic."""

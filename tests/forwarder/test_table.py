@@ -76,3 +76,24 @@ def test_it_refuses_what_it_could_not_relay(small: Forwarder, sockets: list[sock
         small.add(listener, CLIENT, 0x4001, relay, peer(0))
     small.unwatch(relay.fileno())  # unwatching a relay removes the entries through it
     assert small.counters(entry) is None and small.totals()[1] == 0
+
+
+def test_a_socket_closed_without_unwatch_does_not_leave_its_entries_to_the_next(
+    small: Forwarder, sockets: list[socket.socket]
+) -> None:
+    listener, relay, _, _ = sockets
+    small.watch(listener, KIND_LISTENER, 1)
+    small.watch(relay, KIND_RELAY, 2)
+    entry = small.add(listener, CLIENT, 0x4000, relay, peer(0))
+    number = relay.fileno()
+    relay.close()  # the bug this guards against: no unwatch first
+    reused = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert reused.fileno() == number  # the lowest free descriptor: the same number
+        reused.bind(("127.0.0.1", 0))
+        small.watch(reused, KIND_RELAY, 3)  # not "File exists": the old socket is gone
+        assert small.counters(entry) is None  # and nothing relays through its entry
+        with pytest.raises(ForwarderError, match="File exists"):  # a live one is refused
+            small.watch(reused, KIND_RELAY, 4)
+    finally:
+        reused.close()
