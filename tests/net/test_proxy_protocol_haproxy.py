@@ -66,6 +66,13 @@ class Edge:
             parts.append(f"--- {name} ---\n" + "\n".join(text.splitlines()[-lines:]))
         return "\n".join(parts)
 
+    def settled(self) -> bool:
+        """No connection open on stunnerd's stream listeners."""
+        try:
+            return all(self.metric("stunner_listener_connections", n) == 0 for n in self.ports)
+        except (AssertionError, OSError):
+            return False
+
     def metric(self, name: str, listener: str) -> float:
         url = f"http://127.0.0.1:{self.metrics}/metrics"
         with urllib.request.urlopen(url, timeout=5) as resp:
@@ -174,7 +181,13 @@ def _edge(tmp: Path, cert: CertPair) -> Iterator[Edge]:
                 [HAPROXY, "-db", "-f", str(hap_cfg)], stdout=out, stderr=subprocess.STDOUT
             )
         _wait(lambda: all(_tcp_open(p) for p in fronts.values()), "haproxy", haproxy, hap_log)
-        yield Edge(fronts, ports, metrics, log, hap_log)
+        running = Edge(fronts, ports, metrics, log, hap_log)
+        # The readiness probes above opened connections from 127.0.0.1, haproxy's address too:
+        # until stunnerd has seen them close they hold that address against the per-IP cap
+        # (it counts the LB's address while a header is awaited), and a test's first
+        # connection through haproxy was refused at accept (two CI runs: no Binding answer).
+        _wait(lambda: running.settled(), "stunnerd closing the probes", server, log)
+        yield running
     finally:
         if haproxy is not None:
             stop(haproxy)
